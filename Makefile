@@ -1,0 +1,34 @@
+# Override for another CUDA/CPU build: make install TORCH_VERSION=2.14.1
+TORCH_VERSION ?= 2.13.0
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.install.stamp
+
+.PHONY: install demo test lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first and pinned: an unpinned torch pulls a multi-GB CUDA build
+	$(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -e ".[all,dev]" "torch==$(TORCH_VERSION)"
+	touch $(STAMP)
+
+demo: install
+	$(PY) examples/quickstart.py
+
+test: install
+	$(PY) -m pytest -q
+
+lint: install
+	$(VENV)/bin/ruff check tracelet tests benchmarks examples
+	$(VENV)/bin/ruff format --check tracelet tests benchmarks examples
+
+bench: install
+	$(PY) benchmarks/bench_overhead.py
+
+clean:
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts lightning_logs

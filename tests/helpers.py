@@ -1,0 +1,133 @@
+"""Shared test helpers: a tiny Lightning job for either namespace and readers for what it wrote."""
+
+from __future__ import annotations
+
+import csv
+import importlib
+import math
+from collections import defaultdict
+from pathlib import Path
+
+Series = dict[str, list[tuple[int, float]]]
+
+
+def tiny_module_class(namespace: str = "lightning.pytorch"):
+    """A LightningModule that logs the shapes of metrics people log: on_step+on_epoch, epoch-only
+    validation, a logger=False value and a progress-bar-only value."""
+    import torch
+
+    pl = importlib.import_module(namespace)
+
+    class TinyModule(pl.LightningModule):
+        def __init__(self, lr: float = 0.05, hidden: int = 4, fail_at_step: int = -1):
+            super().__init__()
+            self.save_hyperparameters()
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(3, hidden), torch.nn.Tanh(), torch.nn.Linear(hidden, 1)
+            )
+
+        def training_step(self, batch, batch_idx):
+            if self.global_step == self.hparams.fail_at_step:
+                raise RuntimeError("boom in training_step")
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.net(x), y)
+            self.log("train/loss", loss, on_step=True, on_epoch=True)
+            self.log("train_abs", loss.abs().sqrt(), on_step=True, on_epoch=False)
+            self.log("not_for_loggers", loss * 2, logger=False)
+            self.log("bar_only", loss * 3, prog_bar=True, logger=False)
+            return loss
+
+        def validation_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("val_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+        def test_step(self, batch, batch_idx):
+            x, y = batch
+            self.log("test_loss", torch.nn.functional.mse_loss(self.net(x), y))
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
+
+    return TinyModule
+
+
+def tiny_loaders(n: int = 64, batch_size: int = 8):
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(n, 3, generator=generator)
+    y = x.sum(dim=1, keepdim=True) + 0.1 * torch.randn(n, 1, generator=generator)
+    data = TensorDataset(x, y)
+    return DataLoader(data, batch_size=batch_size), DataLoader(data, batch_size=batch_size)
+
+
+def make_trainer(namespace: str = "lightning.pytorch", logger=False, tmp: Path | None = None, **kwargs):
+    pl = importlib.import_module(namespace)
+    options = dict(
+        max_epochs=2,
+        logger=logger,
+        log_every_n_steps=3,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        accelerator="cpu",
+        devices=1,
+        default_root_dir=str(tmp) if tmp else None,
+    )
+    options.update(kwargs)
+    return pl.Trainer(**options)
+
+
+def run_tiny_job(
+    namespace: str = "lightning.pytorch", logger=False, trainer=None, test: bool = True, **model_kwargs
+):
+    """fit (and test) the tiny module with a fixed seed; returns the trainer."""
+    pl = importlib.import_module(namespace)
+    pl.seed_everything(7, verbose=False)
+    model = tiny_module_class(namespace)(**model_kwargs)
+    train, val = tiny_loaders()
+    trainer = trainer or make_trainer(namespace, logger=logger)
+    trainer.fit(model, train, val)
+    if test:
+        trainer.test(model, val, verbose=False)
+    return trainer
+
+
+def csv_series(metrics_csv: Path) -> Series:
+    """Every non-empty cell of Lightning's CSVLogger metrics.csv as series: key -> [(step, value)]."""
+    series: Series = defaultdict(list)
+    with open(metrics_csv, newline="") as handle:
+        for row in csv.DictReader(handle):
+            step = int(row["step"])
+            for key, cell in row.items():
+                if key != "step" and cell != "":
+                    series[key].append((step, float(cell)))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def mlflow_series(run_id: str, uri: str | None = None) -> Series:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or f"sqlite:///{Path('mlflow.db').resolve()}")
+    run = client.get_run(run_id)
+    return {
+        key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+        for key in run.data.metrics
+    }
+
+
+def mlflow_run(run_id: str, uri: str | None = None):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri or f"sqlite:///{Path('mlflow.db').resolve()}")
+    return client.get_run(run_id)
+
+
+def assert_same_series(actual: Series, expected: Series) -> None:
+    assert sorted(actual) == sorted(expected), f"keys differ: {sorted(actual)} vs {sorted(expected)}"
+    for key in expected:
+        got, want = actual[key], expected[key]
+        assert [s for s, _ in got] == [s for s, _ in want], f"{key}: steps differ {got} vs {want}"
+        for (step, a), (_, b) in zip(got, want, strict=True):
+            assert a == b or (math.isnan(a) and math.isnan(b)), f"{key} at step {step}: {a} != {b}"

@@ -1,0 +1,195 @@
+"""``start_logging`` / ``stop_logging``: the run lifecycle.
+
+start: settings -> backends resolved (fail fast) -> writer started -> instrumentation ->
+exit hooks. stop: in reverse, then every backend flushed and closed within one deadline.
+``atexit`` stops a run the user forgot; an uncaught exception marks it FAILED, a
+KeyboardInterrupt or SIGTERM KILLED.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+from tracelet import _log
+from tracelet.backends import base as backends
+from tracelet.bus import EventBus
+from tracelet.config import resolve
+from tracelet.events import FAILED, KILLED
+from tracelet.experiment import Experiment, RunReport
+from tracelet.instrumentation.base import Instrumentor, Safety
+
+log = _log.get_logger("tracelet")
+
+_lock = threading.RLock()
+_active: Experiment | None = None
+_instrumentors: list[Instrumentor] = []
+_atexit_registered = False
+_previous_excepthook: Any = None
+_previous_sigterm: Any = None
+
+
+def start_logging(
+    exp_name: str | None = None,
+    project: str | None = None,
+    backend: str | Sequence[str] | None = None,
+    api_key: str | None = None,
+    backend_url: str | None = None,
+    config: Mapping[str, Any] | None = None,
+) -> Experiment:
+    """Start tracking: every metric your training computes goes to every configured backend.
+
+    ``backend`` takes a name (``"mlflow"``), a comma list (``"mlflow,wandb"``) or a list;
+    the default is MLflow in a local SQLite store (``./mlflow.db``). Settings come from the
+    arguments, then ``config``, then ``TRACELET_*`` environment variables. A bad setting
+    raises ``tracelet.ConfigError`` here, before training starts::
+
+        import tracelet
+        tracelet.start_logging(exp_name="resnet-lr3", project="cifar")
+        trainer.fit(model, data)          # every self.log(...) reaches MLflow
+        tracelet.stop_logging()
+    """
+    arguments = {
+        "exp_name": exp_name,
+        "project": project,
+        "backend": backend,
+        "api_key": api_key,
+        "backend_url": backend_url,
+    }
+    settings = resolve(arguments, config)
+    specs = backends.resolve(settings.backend)
+    with _lock:
+        if _active is not None:
+            log.warning("start_logging called while a run is active: ending that run first")
+            stop_logging()
+        _log.ensure_visible()
+        _log.forget_warnings()
+        run = backends.RunInfo(
+            run_uid=uuid.uuid4().hex,
+            project=settings.project,
+            exp_name=settings.exp_name,
+            api_key=settings.api_key,
+            backend_url=settings.backend_url,
+            started_at=time.time(),
+            settings=settings.public(),
+        )
+        bus = EventBus(run, specs, settings.queue_size, settings.writer) if _is_global_zero() else None
+        experiment = Experiment(settings, run, bus)
+        _activate(experiment)
+    return experiment
+
+
+def stop_logging(timeout: float | None = None) -> RunReport | None:
+    """End the active run: undo every patch, then flush and close every backend.
+
+    Waits at most ``timeout`` seconds (default: the ``stop_timeout`` setting) for all
+    backends together, logs one summary line per backend and returns the report. Calling it
+    again, or with no active run, does nothing and returns None.
+    """
+    global _active
+    with _lock:
+        experiment = _active
+        if experiment is None:
+            return None
+        _active = None
+        _deactivate()
+        report = experiment._end(experiment.settings.stop_timeout if timeout is None else timeout)
+    if experiment.is_recording or report.backends:
+        for line in report.lines():
+            log.info(line)
+    return report
+
+
+def get_active_experiment() -> Experiment | None:
+    """The run started by ``start_logging``, or None."""
+    return _active
+
+
+def _activate(experiment: Experiment) -> None:
+    global _active, _atexit_registered
+    _active = experiment
+    if experiment.is_recording and experiment.settings.track_lightning:
+        from tracelet.instrumentation.lightning import LightningInstrumentor
+
+        _instrumentors.append(LightningInstrumentor(experiment, Safety(experiment.settings.strict)))
+    for instrumentor in _instrumentors:
+        instrumentor.instrument()
+    if not _atexit_registered:
+        atexit.register(_stop_at_exit)
+        _atexit_registered = True
+    _install_exit_hooks()
+
+
+def _deactivate() -> None:
+    while _instrumentors:
+        _instrumentors.pop().uninstrument()
+    _remove_exit_hooks()
+
+
+def _is_global_zero() -> bool:
+    """Only global rank 0 of a distributed job records; the others get a no-op run."""
+    for variable in ("RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK"):
+        value = os.environ.get(variable)
+        if value is not None and value.strip().isdigit():
+            return int(value) == 0
+    local = os.environ.get("LOCAL_RANK", "0").strip()
+    node = os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")).strip()
+    return local in ("", "0") and node in ("", "0")
+
+
+def _stop_at_exit() -> None:
+    if _active is not None:
+        stop_logging()
+
+
+def _excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+    experiment = _active
+    if experiment is not None:
+        experiment._mark_status(KILLED if issubclass(kind, KeyboardInterrupt) else FAILED, value)
+    (_previous_excepthook or sys.__excepthook__)(kind, value, tb)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    previous = _previous_sigterm
+    experiment = _active
+    if experiment is not None:
+        experiment._mark_status(KILLED)
+        stop_logging()
+    if callable(previous):
+        previous(signum, frame)
+    else:  # the default action: terminate, as if we had not been here
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_exit_hooks() -> None:
+    global _previous_excepthook, _previous_sigterm
+    if sys.excepthook is not _excepthook:
+        _previous_excepthook = sys.excepthook
+        sys.excepthook = _excepthook
+    if threading.current_thread() is threading.main_thread():
+        current = signal.getsignal(signal.SIGTERM)
+        if current is not signal.SIG_IGN and current is not _on_sigterm and current is not None:
+            _previous_sigterm = current
+            signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _remove_exit_hooks() -> None:
+    global _previous_excepthook, _previous_sigterm
+    if sys.excepthook is _excepthook:
+        sys.excepthook = _previous_excepthook or sys.__excepthook__
+        _previous_excepthook = None
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is _on_sigterm
+    ):
+        signal.signal(signal.SIGTERM, _previous_sigterm if _previous_sigterm is not None else signal.SIG_DFL)
+        _previous_sigterm = None

@@ -1,0 +1,1 @@
+"""Backend plugins: the protocol and registry (base) and the built-in backends."""

@@ -1,0 +1,296 @@
+"""MLflow: the embedded local default (a SQLite store in the working directory).
+
+project -> experiment, exp_name -> run name. Uses an ``MlflowClient`` with an explicit run
+id, never the fluent global run, so a user's own ``mlflow.start_run`` is untouched.
+Metrics, params and tags go out in ``log_batch`` calls within MLflow's batch limits.
+Names MLflow refuses are sanitized (one warning per name), params are flattened with
+``/`` like Lightning's ``MLFlowLogger`` does and truncated at MLflow's length limit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import posixpath
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from tracelet import _log
+from tracelet.backends.base import RunInfo, RunLocation
+from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
+
+log = logging.getLogger(__name__)
+
+MAX_KEY = 250
+MAX_PARAM_VALUE = 6000
+MAX_TAG_VALUE = 8000
+MAX_PARAMS_OR_TAGS_PER_BATCH = 100
+MAX_ENTITIES_PER_BATCH = 1000
+_INVALID_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def default_tracking_uri(backend_url: str | None) -> str:
+    """tracelet's ``backend_url``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
+    uri = backend_url or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return "sqlite:///" + os.path.abspath("mlflow.db")
+
+
+def view_hint(uri: str, experiment_id: str, run_id: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith("databricks"):
+        return f"the Databricks workspace ({uri}), experiment {experiment_id}"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+class KeyNamer:
+    """MLflow-valid keys for any name, stable for the run and collision-free."""
+
+    def __init__(self, kind: str) -> None:
+        self._kind = kind
+        self._cache: dict[str, str] = {}
+        self._owners: dict[str, str] = {}
+
+    def __call__(self, name: str) -> str:
+        key = self._cache.get(name)
+        if key is None:
+            key = self._assign(name)
+        return key
+
+    def _assign(self, name: str) -> str:
+        key = _sanitize(name)
+        owner = self._owners.get(key)
+        if owner is not None and owner != name:
+            key = _shorten(f"{key}_{_digest(name)}")
+        self._owners[key] = name
+        self._cache[name] = key
+        if key != name:
+            _log.warn_once(
+                f"mlflow-key:{self._kind}:{name}",
+                "MLflow does not accept the %s name %r; it is stored as %r",
+                self._kind,
+                name,
+                key,
+                log=log,
+            )
+        return key
+
+
+def _digest(text: str) -> str:
+    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def _shorten(key: str) -> str:
+    if len(key) <= MAX_KEY:
+        return key
+    return key[: MAX_KEY - 9] + "_" + _digest(key)
+
+
+def _sanitize(name: str) -> str:
+    key = _INVALID_CHARS.sub("_", name)
+    parts = [p for p in key.split("/") if p not in ("", ".")]
+    parts = ["__" if p == ".." else p for p in parts]
+    key = "/".join(parts) or "_"
+    if posixpath.normpath(key) != key:
+        key = key.replace("/", "_")
+    return _shorten(key)
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested dicts become ``outer/inner`` keys, as Lightning's MLFlowLogger writes them."""
+    for key, value in values.items():
+        full = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            yield from flatten(value, full)
+        else:
+            yield full, value
+
+
+class MLflowBackend:
+    """The ``mlflow`` backend."""
+
+    def __init__(self) -> None:
+        self._client: Any = None
+        self._run_id = ""
+        self._metric_keys = KeyNamer("metric")
+        self._param_keys = KeyNamer("param")
+        self._tag_keys = KeyNamer("tag")
+        self._params_sent: dict[str, str] = {}
+        self._last_point: dict[str, tuple[int, int, float]] = {}
+
+    def open(self, run: RunInfo) -> RunLocation:
+        from mlflow.tracking import MlflowClient
+
+        uri = default_tracking_uri(run.backend_url)
+        if run.api_key and not os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            os.environ["MLFLOW_TRACKING_TOKEN"] = run.api_key  # this process only: the writer
+        self._client = MlflowClient(tracking_uri=uri)
+        experiment_id = self._experiment_id(
+            run.project or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
+        )
+        tags = {"tracelet.run_uid": run.run_uid}
+        created = self._client.create_run(
+            experiment_id, start_time=int(run.started_at * 1000), tags=tags, run_name=run.exp_name
+        )
+        self._run_id = created.info.run_id
+        return RunLocation("mlflow", self._run_id, uri, view_hint(uri, experiment_id, self._run_id))
+
+    def _experiment_id(self, name: str) -> str:
+        from mlflow.exceptions import MlflowException
+
+        found = self._client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return self._client.create_experiment(name)
+        except MlflowException:  # another process created it between our two calls
+            found = self._client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            return found.experiment_id
+
+    def write(self, batch: list[Event]) -> dict[str, int]:
+        from mlflow.entities import Metric as MlflowMetric
+        from mlflow.entities import Param, RunTag
+
+        rejected: dict[str, int] = {}
+        metrics: list[Any] = []
+        params: list[Any] = []
+        tags: list[Any] = []
+        for event in batch:
+            if isinstance(event, Metric):
+                key = self._metric_keys(event.name)
+                step = event.step if event.step is not None else 0
+                metrics.append(MlflowMetric(key, event.value, self._timestamp_ms(key, event, step), step))
+            elif isinstance(event, Params):
+                params.extend(Param(k, v) for k, v in self._new_params(event.values, rejected))
+            elif isinstance(event, Tags):
+                tags.extend(
+                    RunTag(self._tag_keys(k), _truncate(str(v), MAX_TAG_VALUE, "tag", k))
+                    for k, v in event.values.items()
+                )
+            elif isinstance(event, Artifact):
+                self._send(metrics, params, tags, rejected)
+                metrics, params, tags = [], [], []
+                self._log_artifact(event, rejected)
+            elif not isinstance(event, RunEnd):
+                rejected["unknown event type"] = rejected.get("unknown event type", 0) + 1
+        self._send(metrics, params, tags, rejected)
+        return rejected
+
+    def close(self, status: str) -> None:
+        self._client.set_terminated(self._run_id, status)
+
+    # -- internals ----------------------------------------------------------------------
+    def _timestamp_ms(self, key: str, event: Metric, step: int) -> int:
+        """MLflow stores (key, timestamp, step, value) once: a repeated point within the same
+        millisecond (Lightning logs ``epoch`` at a train and a validation end in a row) would
+        vanish, so it moves by a millisecond."""
+        timestamp = int(event.timestamp * 1000)
+        last = self._last_point.get(key)
+        if last is not None and last[1] == step and last[2] == event.value and last[0] >= timestamp:
+            timestamp = last[0] + 1
+        self._last_point[key] = (timestamp, step, event.value)
+        return timestamp
+
+    def _new_params(self, values: Mapping[str, Any], rejected: dict[str, int]) -> Iterator[tuple[str, str]]:
+        """Flattened, stringified params; MLflow params are write-once, so changes are refused here."""
+        for name, value in flatten(values):
+            key = self._param_keys(name)
+            text = _truncate(str(value), MAX_PARAM_VALUE, "param", name)
+            previous = self._params_sent.get(key)
+            if previous == text:
+                continue
+            if previous is not None:
+                rejected["param value changed"] = rejected.get("param value changed", 0) + 1
+                _log.warn_once(
+                    f"mlflow-param-changed:{key}",
+                    "MLflow params cannot change within a run: %r keeps %r, the new value %r is dropped",
+                    key,
+                    previous[:100],
+                    text[:100],
+                    log=log,
+                )
+                continue
+            self._params_sent[key] = text
+            yield key, text
+
+    def _send(self, metrics: list[Any], params: list[Any], tags: list[Any], rejected: dict[str, int]) -> None:
+        """``log_batch`` within MLflow's limits; a refused batch is retried item by item."""
+        from mlflow.exceptions import MlflowException
+
+        for chunk_metrics, chunk_params, chunk_tags in _chunks(metrics, params, tags):
+            try:
+                self._client.log_batch(
+                    self._run_id, metrics=chunk_metrics, params=chunk_params, tags=chunk_tags
+                )
+            except MlflowException as err:
+                if len(chunk_metrics) + len(chunk_params) + len(chunk_tags) == 1:
+                    raise
+                log.debug("log_batch refused (%s); isolating the bad entries", err)
+                self._send_one_by_one(chunk_metrics, chunk_params, chunk_tags, rejected)
+
+    def _send_one_by_one(
+        self, metrics: list[Any], params: list[Any], tags: list[Any], rejected: dict[str, int]
+    ) -> None:
+        from mlflow.exceptions import MlflowException
+
+        singles = (
+            [([m], [], []) for m in metrics] + [([], [p], []) for p in params] + [([], [], [t]) for t in tags]
+        )
+        for m, p, t in singles:
+            try:
+                self._client.log_batch(self._run_id, metrics=m, params=p, tags=t)
+            except MlflowException as err:
+                rejected["refused by MLflow"] = rejected.get("refused by MLflow", 0) + 1
+                entry = (m or p or t)[0]
+                _log.warn_once(
+                    f"mlflow-refused:{entry.key}", "MLflow refused %r: %s", entry.key, err, log=log
+                )
+
+    def _log_artifact(self, event: Artifact, rejected: dict[str, int]) -> None:
+        if not os.path.exists(event.path):
+            rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
+            _log.warn_once(
+                f"mlflow-artifact:{event.path}",
+                "artifact %r no longer exists; not uploaded",
+                event.path,
+                log=log,
+            )
+            return
+        if os.path.isdir(event.path):
+            self._client.log_artifacts(self._run_id, event.path, event.artifact_path)
+        else:
+            self._client.log_artifact(self._run_id, event.path, event.artifact_path)
+
+
+def _truncate(text: str, limit: int, kind: str, name: str) -> str:
+    if len(text) <= limit:
+        return text
+    _log.warn_once(
+        f"mlflow-truncate:{kind}:{name}",
+        "MLflow keeps at most %d characters of a %s value: %r is truncated from %d",
+        limit,
+        kind,
+        name,
+        len(text),
+        log=log,
+    )
+    return text[:limit]
+
+
+def _chunks(metrics: list[Any], params: list[Any], tags: list[Any]) -> Iterator[tuple[list, list, list]]:
+    """Split into batches of at most 100 params, 100 tags and 1000 entities in all."""
+    while params or tags:
+        p, params = params[:MAX_PARAMS_OR_TAGS_PER_BATCH], params[MAX_PARAMS_OR_TAGS_PER_BATCH:]
+        t, tags = tags[:MAX_PARAMS_OR_TAGS_PER_BATCH], tags[MAX_PARAMS_OR_TAGS_PER_BATCH:]
+        room = MAX_ENTITIES_PER_BATCH - len(p) - len(t)
+        m, metrics = metrics[:room], metrics[room:]
+        yield m, p, t
+    while metrics:
+        m, metrics = metrics[:MAX_ENTITIES_PER_BATCH], metrics[MAX_ENTITIES_PER_BATCH:]
+        yield m, [], []

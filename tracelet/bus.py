@@ -1,0 +1,202 @@
+"""The training-process side of the event bus.
+
+``emit`` only appends to a bounded buffer (O(1), no lock, no I/O, never raises); a sender
+thread ships the buffer in chunks to the dispatcher — in the writer process by default —
+which fans out to one queue and worker per backend. ``flush`` and ``shutdown`` travel in
+the same ordered stream as the events, so "flushed" means everything emitted before the
+call has been handled by every backend, and they spend a single deadline across all of
+them. Whatever cannot be delivered is counted with its reason, never silently lost.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import itertools
+import logging
+import os
+import threading
+import time
+import weakref
+from typing import Any
+
+from tracelet import _log
+from tracelet.backends.base import BackendSpec, RunInfo
+from tracelet.dispatcher import Control, Init, Reply
+from tracelet.events import Event, RunEnd
+from tracelet.transport import ProcessTransport, ThreadTransport
+from tracelet.worker import BackendStats
+
+log = _log.get_logger(__name__)
+
+CHUNK = 200  # events per frame to the writer
+SEND_INTERVAL_S = 0.2  # the longest an event waits in this process before it is shipped
+_REPLY_MARGIN = 0.9  # the writer answers at 90% of a deadline, so its answer arrives in time
+
+
+@dataclasses.dataclass
+class Outcome:
+    """The answer to a flush or shutdown: whether every backend made it, and their counters."""
+
+    done: bool
+    stats: dict[str, BackendStats]
+
+
+class EventBus:
+    def __init__(
+        self,
+        run: RunInfo,
+        backends: list[BackendSpec],
+        capacity: int,
+        writer: str = "process",
+    ) -> None:
+        self._capacity = capacity
+        self._buffer: collections.deque[Any] = collections.deque()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._dead = False  # the writer is gone: everything from now on is dropped, counted
+        self._forked = False
+        self.dropped: dict[str, int] = {}
+        self._names = [spec.name for spec in backends]
+        self._stats: dict[str, BackendStats] = {name: BackendStats(name) for name in self._names}
+        self._stats_lock = threading.Lock()
+        self._tokens = itertools.count(1)
+        self._waiting: dict[int, tuple[threading.Event, list[Reply]]] = {}
+        if writer == "thread":
+            self._transport: Any = ThreadTransport(self._on_reply)
+        else:
+            self._transport = ProcessTransport(self._on_reply, self._on_writer_exit)
+        self._buffer.append(Control("init", 0, 0.0, Init(run, backends, capacity)))
+        self._sender = threading.Thread(target=self._send_loop, name="tracelet-sender", daemon=True)
+        self._sender.start()
+        _live_buses.add(self)
+
+    # -- the training thread's side -----------------------------------------------------
+    def emit(self, event: Event) -> None:
+        """Queue one event for every backend; O(1), never blocks, never raises."""
+        buffer = self._buffer
+        if self._dead or len(buffer) >= self._capacity:
+            self._count_drop(1, "writer process exited" if self._dead else "queue full")
+            return
+        buffer.append(event)
+        if len(buffer) >= CHUNK and not self._wake.is_set():
+            self._wake.set()
+
+    def flush(self, timeout: float) -> Outcome:
+        """Wait until every backend has handled everything emitted so far, or ``timeout`` passes."""
+        return self._request("flush", timeout)
+
+    def shutdown(self, status: str, timeout: float) -> Outcome:
+        """End the run with ``status`` in every backend and stop; returns within ``timeout``."""
+        if not (self._dead or self._forked):
+            self._buffer.append(RunEnd(status))
+        outcome = self._request("shutdown", timeout)
+        self._stopping = True
+        self._wake.set()
+        self._sender.join(max(0.0, timeout))
+        self._transport.close()
+        _live_buses.discard(self)
+        return outcome
+
+    def stats(self) -> dict[str, BackendStats]:
+        """The latest counters per backend, this process's own drops included."""
+        with self._stats_lock:
+            result = {
+                name: dataclasses.replace(s, reasons=dict(s.reasons)) for name, s in self._stats.items()
+            }
+            for stats in result.values():
+                for reason, count in self.dropped.items():
+                    stats.drop(count, reason)
+        return result
+
+    # -- internals ----------------------------------------------------------------------
+    def _request(self, kind: str, timeout: float) -> Outcome:
+        if self._dead or self._forked:
+            return Outcome(False, self.stats())
+        started = time.monotonic()
+        token = next(self._tokens)
+        answered = threading.Event()
+        replies: list[Reply] = []
+        self._waiting[token] = (answered, replies)
+        writer_deadline = time.time() + timeout * _REPLY_MARGIN
+        self._buffer.append(Control(kind, token, writer_deadline))
+        self._wake.set()
+        answered.wait(max(0.0, timeout - (time.monotonic() - started)))
+        self._waiting.pop(token, None)
+        done = bool(replies) and replies[0].done
+        return Outcome(done, self.stats())
+
+    def _count_drop(self, count: int, reason: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+        if reason == "queue full":
+            _log.warn_once(
+                "bus-overflow",
+                "tracelet's buffer of %d events is full: new events are dropped (counted; raise `queue_size`)",
+                self._capacity,
+                log=log,
+            )
+
+    def _send_loop(self) -> None:
+        buffer = self._buffer
+        while True:
+            self._wake.wait(SEND_INTERVAL_S)
+            self._wake.clear()
+            while buffer and not self._dead:
+                chunk = [buffer.popleft() for _ in range(min(CHUNK, len(buffer)))]
+                try:
+                    self._transport.send(chunk)
+                except Exception as err:  # the writer died or its pipe broke
+                    self._writer_lost(chunk, err)
+            if self._stopping and not buffer:
+                return
+
+    def _writer_lost(self, chunk: list[Any], err: BaseException) -> None:
+        self._dead = True
+        lost = [item for item in chunk if not isinstance(item, Control)]
+        lost.extend(item for item in self._buffer if not isinstance(item, Control))
+        self._buffer.clear()
+        self._count_drop(len(lost), "writer process exited")
+        log.warning(
+            "tracelet's writer stopped accepting events (%s); the rest of this run is counted as dropped", err
+        )
+        self._release_waiters()
+
+    def _on_writer_exit(self) -> None:
+        if not self._stopping:
+            self._dead = True
+            self._release_waiters()
+
+    def _release_waiters(self) -> None:
+        for answered, _ in list(self._waiting.values()):
+            answered.set()
+
+    def _on_reply(self, reply: Reply) -> None:
+        if reply.kind == "log":
+            name, level, message = reply.payload
+            logging.getLogger(name).log(level, message)
+            return
+        with self._stats_lock:
+            self._stats.update(reply.stats)
+        waiter = self._waiting.get(reply.token)
+        if waiter is not None:
+            waiter[1].append(reply)
+            waiter[0].set()
+
+    def _after_fork_in_child(self) -> None:
+        self._forked = True
+        self._dead = True
+        self._buffer.clear()
+        self._transport.after_fork_in_child()
+
+
+_live_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for bus in list(_live_buses):
+        bus._after_fork_in_child()
+    _live_buses.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

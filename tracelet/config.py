@@ -1,0 +1,224 @@
+"""Settings: explicit arguments > ``config={...}`` > ``TRACELET_*`` environment > defaults.
+
+Everything is validated here, at ``start_logging``, so a typo fails before training starts
+rather than in the middle of it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A setting has a value tracelet cannot use; the message names the setting and its source."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def _parse_bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError("expected a boolean (true/false, 1/0, yes/no, on/off)")
+
+
+def _parse_optional_str(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value.strip() or None
+
+
+def _parse_backends(value: Any) -> tuple[str, ...]:
+    if isinstance(value, str):
+        names = value.split(",")
+    elif isinstance(value, Sequence):
+        names = list(value)
+    else:
+        raise ValueError("expected a backend name, a comma-separated list or a list of names")
+    if not all(isinstance(n, str) for n in names):
+        raise ValueError("expected backend names as strings")
+    # explicit "package.module:Class" targets keep their case; plain names do not
+    cleaned = [n.strip() if ":" in n else n.strip().lower() for n in names if n.strip()]
+    if not cleaned:
+        raise ValueError("expected at least one backend name")
+    return tuple(dict.fromkeys(cleaned))  # keep order, drop duplicates
+
+
+def _positive(kind: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:
+    def parse(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a positive {name}")
+        try:
+            number = kind(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a positive {name}") from None
+        if number <= 0:
+            raise ValueError(f"expected a positive {name}")
+        return number
+
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if isinstance(value, str) and value.strip().lower() in choices:
+            return value.strip().lower()
+        raise ValueError(f"expected one of: {', '.join(choices)}")
+
+    return parse
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One setting: its ``config`` key, environment variable, default, parser and meaning."""
+
+    key: str
+    env: str
+    default: Any
+    parse: Callable[[Any], Any]
+    help: str
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "project",
+        "TRACELET_PROJECT",
+        None,
+        _parse_optional_str,
+        "Project: MLflow experiment, W&B project, ClearML project. None: each backend's default.",
+    ),
+    Option(
+        "exp_name",
+        "TRACELET_EXPERIMENT_NAME",
+        None,
+        _parse_optional_str,
+        "Run name. None: the backend generates one.",
+    ),
+    Option(
+        "backend",
+        "TRACELET_BACKEND",
+        ("mlflow",),
+        _parse_backends,
+        "Backend name, comma-separated names or a list.",
+    ),
+    Option(
+        "api_key",
+        "TRACELET_API_KEY",
+        None,
+        _parse_optional_str,
+        "API key handed to backends that take one; never logged.",
+    ),
+    Option(
+        "backend_url",
+        "TRACELET_BACKEND_URL",
+        None,
+        _parse_optional_str,
+        "Tracking URI/host. MLflow default: sqlite:///<cwd>/mlflow.db unless MLFLOW_TRACKING_URI is set.",
+    ),
+    Option(
+        "track_lightning",
+        "TRACELET_TRACK_LIGHTNING",
+        True,
+        _parse_bool,
+        "Capture PyTorch Lightning metrics and hyperparameters.",
+    ),
+    Option(
+        "strict",
+        "TRACELET_STRICT",
+        False,
+        _parse_bool,
+        "Re-raise tracelet's own errors instead of warning (for tests).",
+    ),
+    Option(
+        "queue_size",
+        "TRACELET_QUEUE_SIZE",
+        200_000,
+        _positive(int, "integer"),
+        "Events buffered per backend before new ones are dropped (and counted).",
+    ),
+    Option(
+        "stop_timeout",
+        "TRACELET_STOP_TIMEOUT",
+        30.0,
+        _positive(float, "number of seconds"),
+        "Seconds stop_logging waits for all backends together to finish.",
+    ),
+    Option(
+        "writer",
+        "TRACELET_WRITER",
+        "process",
+        _choice("process", "thread"),
+        "Where backends run: a separate writer process (fast) or threads in this process.",
+    ),
+)
+_BY_KEY = {o.key: o for o in OPTIONS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    project: str | None
+    exp_name: str | None
+    backend: tuple[str, ...]
+    api_key: str | None = dataclasses.field(repr=False)
+    backend_url: str | None
+    track_lightning: bool
+    strict: bool
+    queue_size: int
+    stop_timeout: float
+    writer: str
+
+    def public(self) -> dict[str, Any]:
+        """The settings without secrets, for logging and for backends' run records."""
+        data = dataclasses.asdict(self)
+        data.pop("api_key")
+        return data
+
+
+def resolve(
+    arguments: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Merge the sources with their precedence and validate every value.
+
+    ``arguments`` holds only the explicit ``start_logging`` arguments that are not None.
+    """
+    environ = os.environ if environ is None else environ
+    config = dict(config or {})
+    if not isinstance(config, dict):
+        raise ConfigError("tracelet: `config` must be a dict of setting names to values")
+    unknown = [k for k in config if k not in _BY_KEY]
+    if unknown:
+        key = unknown[0]
+        hint = difflib.get_close_matches(str(key), list(_BY_KEY), n=1)
+        suggestion = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ConfigError(
+            f"tracelet: unknown config key {key!r}.{suggestion} Accepted keys: {', '.join(_BY_KEY)}."
+        )
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if arguments and arguments.get(option.key) is not None:
+            raw, source = arguments[option.key], f"argument {option.key}="
+        elif option.key in config:
+            raw, source = config[option.key], f"config[{option.key!r}]"
+        elif option.env in environ:
+            raw, source = environ[option.env], f"environment variable {option.env}"
+        else:
+            values[option.key] = option.default
+            continue
+        try:
+            values[option.key] = option.parse(raw)
+        except ValueError as err:
+            raise ConfigError(
+                f"tracelet: invalid value {raw!r} for {option.key!r} (from {source}): {err}"
+            ) from None
+    return Settings(**values)

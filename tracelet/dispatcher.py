@@ -1,0 +1,122 @@
+"""The writer side of the bus: fans the event stream out to one worker per backend.
+
+It receives an ordered stream of items (events and ``Control`` requests) and answers
+through a ``reply`` callback. The same code runs inside the writer process (the default)
+and on a thread of the training process (``writer="thread"``).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, NamedTuple
+
+from tracelet import _log
+from tracelet.backends import base
+from tracelet.events import Event, RunEnd
+from tracelet.worker import BackendStats, BackendWorker
+
+log = _log.get_logger(__name__)
+
+
+class Control(NamedTuple):
+    """A request in the event stream; it applies to everything sent before it."""
+
+    kind: str  # "init", "flush" or "shutdown"
+    token: int
+    deadline: float  # wall-clock seconds (time.time())
+    payload: Any = None
+
+
+class Init(NamedTuple):
+    run: base.RunInfo
+    backends: list[base.BackendSpec]
+    capacity: int
+
+
+class Reply(NamedTuple):
+    kind: str  # "opened", "flushed", "closed", "log"
+    token: int
+    stats: dict[str, BackendStats]
+    done: bool
+    payload: Any = None
+
+
+class Dispatcher:
+    def __init__(self, reply: Callable[[Reply], None]) -> None:
+        self._reply = reply
+        self._workers: list[BackendWorker] = []
+        self._ended = False
+
+    def handle(self, items: Sequence[Any]) -> None:
+        """Route a chunk of the stream: runs of events to every worker, controls in order."""
+        run: list[Event] = []
+        for item in items:
+            if isinstance(item, Control):
+                if run:
+                    self._submit(run)
+                    run = []
+                self._control(item)
+            else:
+                run.append(item)
+        if run:
+            self._submit(run)
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+    def abandon(self, status: str, grace: float) -> Reply:
+        """The training process went away without a shutdown: close every run with ``status``."""
+        self._ended = True
+        self._submit([RunEnd(status)])
+        return self._wait(
+            Control("shutdown", -1, time.time() + grace), "closed", [w.finished for w in self._workers]
+        )
+
+    # -- internals ----------------------------------------------------------------------
+    def _submit(self, events: list[Event]) -> None:
+        for worker in self._workers:
+            worker.submit(events)
+
+    def _control(self, control: Control) -> None:
+        if control.kind == "init":
+            self._start(control.payload)
+        elif control.kind == "flush":
+            markers = [w.flush_marker() for w in self._workers]
+            self._answer_when(control, "flushed", markers)
+        elif control.kind == "shutdown":
+            self._ended = True
+            self._answer_when(control, "closed", [w.finished for w in self._workers])
+        else:
+            log.warning("ignoring an unknown control request %r", control.kind)
+
+    def _start(self, init: Init) -> None:
+        for spec in init.backends:
+            worker = BackendWorker(
+                spec.name,
+                lambda spec=spec: base.load(spec),
+                init.run,
+                init.capacity,
+                on_opened=lambda stats: self._reply(Reply("opened", 0, {stats.name: stats}, True)),
+            )
+            self._workers.append(worker)
+            worker.start()
+
+    def _answer_when(self, control: Control, kind: str, events: list[threading.Event]) -> None:
+        """Reply once every event is set or the deadline passes, without blocking the stream."""
+
+        def wait_and_reply() -> None:
+            self._reply(self._wait(control, kind, events))
+
+        threading.Thread(target=wait_and_reply, name=f"tracelet-{kind}", daemon=True).start()
+
+    def _wait(self, control: Control, kind: str, events: list[threading.Event]) -> Reply:
+        for event in events:
+            event.wait(max(0.0, control.deadline - time.time()))
+        done = all(event.is_set() for event in events)
+        return Reply(kind, control.token, self.stats(), done)
+
+    def stats(self) -> dict[str, BackendStats]:
+        return {w.name: w.snapshot() for w in self._workers}

@@ -1,0 +1,195 @@
+"""The run handle: the manual logging API and the run's status and whereabouts."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import traceback
+from collections.abc import Mapping
+from typing import Any
+
+from tracelet import _log
+from tracelet.backends.base import RunInfo, RunLocation
+from tracelet.bus import EventBus, Outcome
+from tracelet.config import Settings
+from tracelet.events import FAILED, FINISHED, KILLED, Artifact, Metric, Params, Tags
+from tracelet.values import to_float, to_plain, to_step
+from tracelet.worker import BackendStats
+
+log = _log.get_logger(__name__)
+
+RUNNING = "RUNNING"
+_SEVERITY = {RUNNING: 0, FINISHED: 1, KILLED: 2, FAILED: 3}
+
+
+@dataclasses.dataclass
+class RunReport:
+    """What ``stop_logging`` returns: the final status and, per backend, what was delivered."""
+
+    status: str
+    done: bool
+    backends: dict[str, BackendStats]
+
+    def lines(self) -> list[str]:
+        return [_summary_line(stats, self.done) for stats in self.backends.values()]
+
+
+class Experiment:
+    """A tracked run. Returned by ``tracelet.start_logging``; also ``tracelet.get_active_experiment()``.
+
+    Metrics captured automatically (Lightning) and logged here travel the same way::
+
+        exp = tracelet.start_logging(exp_name="baseline", project="cifar")
+        exp.log_params({"lr": 1e-3, "model": {"depth": 18}})
+        exp.log_metric("val/acc", 0.91, iteration=1200)
+        exp.log_artifact("confusion.png", artifact_path="plots")
+        print(exp.locations["mlflow"].view)   # where to look
+    """
+
+    def __init__(self, settings: Settings, run: RunInfo, bus: EventBus | None) -> None:
+        self.settings = settings
+        self.run = run
+        self._bus = bus
+        self._status = RUNNING
+        self._failure: str | None = None
+        self._report: RunReport | None = None
+
+    # -- identity --------------------------------------------------------------------------
+    @property
+    def name(self) -> str | None:
+        return self.run.exp_name
+
+    @property
+    def project(self) -> str | None:
+        return self.run.project
+
+    @property
+    def run_uid(self) -> str:
+        """tracelet's id of this run (stored as the tag ``tracelet.run_uid`` in every backend)."""
+        return self.run.run_uid
+
+    @property
+    def status(self) -> str:
+        return self._status
+
+    @property
+    def is_recording(self) -> bool:
+        """False on non-zero ranks of a distributed job and once the run has ended."""
+        return self._bus is not None and self._report is None
+
+    @property
+    def locations(self) -> dict[str, RunLocation]:
+        """Backend name -> where that backend keeps this run (known once the backend has opened)."""
+        return {name: s.location for name, s in self.stats().items() if s.location is not None}
+
+    def stats(self) -> dict[str, BackendStats]:
+        if self._report is not None:
+            return self._report.backends
+        return self._bus.stats() if self._bus is not None else {}
+
+    # -- manual logging ---------------------------------------------------------------------
+    def log_metric(self, name: str, value: Any, iteration: Any = None) -> None:
+        """Record one point of the series ``name`` at step ``iteration``.
+
+        Accepts Python numbers, one-element tensors and arrays. A value or step that is not a
+        number is dropped with one warning per metric and counted; it never raises.
+        """
+        if self._bus is None:
+            return
+        try:
+            point = Metric(str(name), to_float(value), to_step(iteration), time.time())
+        except (TypeError, ValueError) as err:
+            self._reject(f"metric:{name}", f"metric {name!r}: {err}; the point is dropped")
+            return
+        self._bus.emit(point)
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        """Record hyperparameters; nested dicts are kept, each backend flattens them its own way."""
+        if self._bus is None or not params:
+            return
+        self._bus.emit(Params(to_plain(dict(params))))
+
+    def set_tag(self, key: str, value: Any) -> None:
+        self.set_tags({key: value})
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self._bus is None or not tags:
+            return
+        self._bus.emit(Tags({str(k): str(to_plain(v)) for k, v in tags.items()}))
+
+    def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
+        """Copy a local file or directory into the run (under ``artifact_path`` when given).
+
+        The file is read by the backend later, on its own worker: keep it in place until
+        ``flush`` or ``stop_logging`` returns.
+        """
+        if self._bus is None:
+            return
+        full = os.path.abspath(os.fspath(path))
+        if not os.path.exists(full):
+            self._reject(f"artifact:{full}", f"artifact {full!r} does not exist; not logged")
+            return
+        self._bus.emit(Artifact(full, artifact_path))
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every backend has written everything logged so far; False if ``timeout`` passed."""
+        if self._bus is None or self._report is not None:
+            return self._report is None or self._report.done
+        return self._bus.flush(self.settings.stop_timeout if timeout is None else timeout).done
+
+    # -- used by instrumentation and the lifecycle -----------------------------------------
+    def _emit_metrics(self, values: Mapping[str, Any], step: int | None, timestamp: float) -> None:
+        bus = self._bus
+        if bus is None:
+            return
+        for name, value in values.items():
+            try:
+                number = value if type(value) is float else to_float(value)
+            except (TypeError, ValueError) as err:
+                self._reject(f"metric:{name}", f"metric {name!r}: {err}; the point is dropped")
+                continue
+            bus.emit(Metric(name, number, step, timestamp))
+
+    def _reject(self, cause: str, message: str) -> None:
+        if self._bus is not None:
+            self._bus._count_drop(1, "invalid input")
+        _log.warn_once(cause, message, log=log)
+
+    def _mark_status(self, status: str, exc: BaseException | None = None) -> None:
+        """Keep the most severe status seen: FAILED > KILLED > FINISHED."""
+        if _SEVERITY[status] > _SEVERITY[self._status]:
+            self._status = status
+            if exc is not None and status == FAILED:
+                tail = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)[-3:])
+                self._failure = tail[-2000:]
+
+    def _end(self, timeout: float) -> RunReport:
+        if self._report is not None:
+            return self._report
+        status = FINISHED if self._status == RUNNING else self._status
+        self._status = status
+        if self._bus is None:
+            self._report = RunReport(status, True, {})
+            return self._report
+        if self._failure:
+            self.set_tag("tracelet.failure", self._failure)
+        outcome: Outcome = self._bus.shutdown(status, timeout)
+        self._report = RunReport(status, outcome.done, outcome.stats)
+        return self._report
+
+
+def _summary_line(stats: BackendStats, all_done: bool) -> str:
+    parts = [f"{stats.name}: {stats.sent} events sent, {stats.dropped} dropped, {stats.failed} failed"]
+    if stats.reasons:
+        parts.append("(" + ", ".join(f"{reason}: {n}" for reason, n in sorted(stats.reasons.items())) + ")")
+    if stats.state == "failed":
+        parts.append(f"- disabled: {stats.error}")
+    elif stats.state not in ("closed",) and not all_done:
+        parts.append(f"- did not finish in time ({stats.pending} events pending, state {stats.state})")
+    if stats.location is not None:
+        parts.append(f"- run {stats.location.run_id}: {stats.location.view}")
+    return " ".join(parts)
+
+
+__all__ = ["FAILED", "FINISHED", "KILLED", "RUNNING", "Experiment", "RunReport"]

@@ -1,0 +1,1 @@
+"""Instrumentations: patches that capture what frameworks already compute."""

@@ -1,0 +1,164 @@
+"""The instrument/uninstrument contract and the safety wrapper every patch goes through.
+
+Safety contract (as MLflow autologging's ``safe_patch``): the user's original function runs
+exactly once; its exceptions propagate unchanged; an exception inside tracelet's own code
+is caught, warned once and never reaches the user — unless strict mode is on
+(``TRACELET_STRICT=1``, as in the test suite), where it is re-raised so tests see it.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import wrapt
+
+from tracelet import _log
+
+log = _log.get_logger(__name__)
+
+Before = Callable[[Any, tuple, dict], Any]
+After = Callable[[Any, Any], None]
+OnError = Callable[[Any, BaseException], None]
+
+
+class TraceletInternalError(RuntimeError):
+    """Raised in strict mode when tracelet's own code fails inside a patch."""
+
+
+class Safety:
+    """Counts tracelet's own failures inside patches; strict mode re-raises them."""
+
+    def __init__(self, strict: bool) -> None:
+        self.strict = strict
+        self.errors = 0
+
+    def run(self, where: str, fn: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except Exception as err:  # tracelet's own bug: never the user's problem
+            self.errors += 1
+            if self.strict:
+                raise TraceletInternalError(f"tracelet failed in {where}: {err!r}") from err
+            _log.warn_once(
+                f"patch:{where}:{type(err).__name__}",
+                "tracelet failed in %s (%s: %s); training goes on, this capture is skipped",
+                where,
+                type(err).__name__,
+                err,
+                log=log,
+            )
+            return None
+
+
+def guarded(
+    where: str,
+    safety: Safety,
+    active: Callable[[], bool],
+    before: Before | None = None,
+    after: After | None = None,
+    on_error: OnError | None = None,
+) -> Callable[..., Any]:
+    """A wrapt wrapper that runs tracelet's hooks around the original under the safety contract.
+
+    ``before(instance, args, kwargs)`` returns a context for ``after(context, result)`` and
+    ``on_error(context, exception)``; a None context skips them.
+    """
+
+    def wrapper(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+        if not active():
+            return wrapped(*args, **kwargs)
+        context = safety.run(where, before, instance, args, kwargs) if before else True
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            if on_error is not None and context is not None:
+                safety.run(where, on_error, context, exc)
+            raise
+        if after is not None and context is not None:
+            safety.run(where, after, context, result)
+        return result
+
+    return wrapper
+
+
+# wrapt cannot unregister a post-import hook, so each module gets one hook for the life
+# of the process, and it asks which instrumentor (if any) is active for it now.
+_hooked_modules: set[str] = set()
+_active_for_module: dict[str, Instrumentor] = {}
+_hooks_lock = threading.RLock()
+
+
+def _on_import(module: ModuleType) -> None:
+    instrumentor = _active_for_module.get(module.__name__)
+    if instrumentor is not None:
+        instrumentor._apply_to(module)
+
+
+class Instrumentor:
+    """Patches a library when it is imported (or now, if it already is) and undoes it all.
+
+    Subclasses name the ``modules`` whose import triggers them and implement ``_apply``,
+    patching through ``_wrap`` so that ``uninstrument`` can put every original back.
+    """
+
+    name = "instrumentor"
+    modules: tuple[str, ...] = ()
+
+    def __init__(self, safety: Safety) -> None:
+        self.safety = safety
+        self._active = False
+        self._patches: list[tuple[Any, str, Any, Any]] = []
+        self._applied: set[str] = set()
+
+    @property
+    def active(self) -> bool:
+        return self._active
+
+    def instrument(self) -> None:
+        if self._active:
+            log.debug("%s is already instrumented", self.name)
+            return
+        self._active = True
+        with _hooks_lock:
+            for module_name in self.modules:
+                _active_for_module[module_name] = self
+                if module_name not in _hooked_modules:
+                    _hooked_modules.add(module_name)
+                    wrapt.register_post_import_hook(_on_import, module_name)
+                elif module_name in sys.modules:
+                    self._apply_to(sys.modules[module_name])
+
+    def uninstrument(self) -> None:
+        if not self._active:
+            return
+        self._active = False
+        with _hooks_lock:
+            for module_name in self.modules:
+                if _active_for_module.get(module_name) is self:
+                    del _active_for_module[module_name]
+            for owner, attribute, original, wrapper in reversed(self._patches):
+                if vars(owner).get(attribute) is wrapper:
+                    setattr(owner, attribute, original)
+                else:  # someone wrapped on top of us: leave theirs; ours is inert once inactive
+                    log.debug("%s.%s was re-patched by someone else; left in place", owner, attribute)
+            self._patches.clear()
+            self._applied.clear()
+
+    def _apply_to(self, module: ModuleType) -> None:
+        with _hooks_lock:
+            if not self._active or module.__name__ in self._applied:
+                return
+            self._applied.add(module.__name__)
+        self.safety.run(f"{self.name} instrumentation of {module.__name__}", self._apply, module)
+
+    def _apply(self, module: ModuleType) -> None:
+        raise NotImplementedError
+
+    def _wrap(self, owner: Any, attribute: str, wrapper: Callable[..., Any]) -> None:
+        original = vars(owner)[attribute]
+        wrapt.wrap_function_wrapper(owner, attribute, wrapper)
+        self._patches.append((owner, attribute, original, vars(owner)[attribute]))

@@ -1,0 +1,157 @@
+"""PyTorch Lightning: every metric Lightning would hand its loggers, without being a logger.
+
+Patched, in both ``lightning.pytorch`` and ``pytorch_lightning``:
+
+- ``_LoggerConnector.log_metrics`` — the single place where reduced metrics reach loggers
+  (every ``log_every_n_steps`` in training, at epoch ends, after evaluation). Lightning
+  returns early there when the trainer has no loggers, so tracelet captures *around* it and
+  applies Lightning's own step rule: the ``step`` metric if logged, else ``epoch`` is added
+  and the step is ``fit_loop.epoch_loop._batches_that_stepped``. When the trainer has
+  loggers, the values Lightning already converted to Python numbers are reused: no extra
+  device synchronization.
+- ``_log_hyperparams`` (as imported into the trainer module) — ``save_hyperparameters()`` of
+  the module and datamodule become params, also with ``logger=False``.
+- ``Trainer.fit/validate/test/predict`` — an exception escaping them marks the run FAILED,
+  a KeyboardInterrupt (which Lightning turns into ``SystemExit``) KILLED.
+
+Nothing is added to ``trainer.loggers``, so checkpoint paths, ``self.logger`` and the
+progress bar are exactly what they would be without tracelet. Only global rank 0 sends.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Mapping
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from tracelet.events import FAILED, KILLED
+from tracelet.instrumentation.base import Instrumentor, Safety, guarded
+
+if TYPE_CHECKING:
+    from tracelet.experiment import Experiment
+
+NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
+_CONNECTOR = "trainer.connectors.logger_connector.logger_connector"
+_ENTRY_POINTS = ("fit", "validate", "test", "predict")
+
+
+class LightningInstrumentor(Instrumentor):
+    name = "lightning"
+    modules = tuple(f"{ns}.trainer.trainer" for ns in NAMESPACES)
+
+    def __init__(self, experiment: Experiment, safety: Safety) -> None:
+        super().__init__(safety)
+        self._experiment = experiment
+
+    def _apply(self, trainer_module: ModuleType) -> None:
+        namespace = trainer_module.__name__[: -len(".trainer.trainer")]
+        connector_module = sys.modules[f"{namespace}.{_CONNECTOR}"]
+        active = lambda: self.active  # noqa: E731
+        self._wrap(
+            connector_module._LoggerConnector,
+            "log_metrics",
+            guarded(
+                "lightning log_metrics",
+                self.safety,
+                active,
+                self._before_log_metrics,
+                self._after_log_metrics,
+            ),
+        )
+        self._wrap(
+            trainer_module,
+            "_log_hyperparams",
+            guarded("lightning hyperparameters", self.safety, active, before=self._capture_hyperparams),
+        )
+        for entry_point in _ENTRY_POINTS:
+            self._wrap(
+                trainer_module.Trainer,
+                entry_point,
+                guarded(f"lightning Trainer.{entry_point}", self.safety, active, on_error=self._on_error),
+            )
+
+    # -- metrics ----------------------------------------------------------------------------
+    def _before_log_metrics(self, connector: Any, args: tuple, kwargs: dict) -> Any:
+        metrics = args[0] if args else kwargs.get("metrics")
+        step = args[1] if len(args) > 1 else kwargs.get("step")
+        trainer = connector.trainer
+        if not metrics or not trainer.is_global_zero:
+            return None
+        step_from_metrics = False
+        epoch = None
+        if step is None:
+            raw_step = metrics.get("step")
+            if raw_step is not None:
+                step = int(_scalars({"step": raw_step})["step"])
+                step_from_metrics = True
+            else:
+                epoch = trainer.current_epoch
+                step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        return connector, metrics, int(step), step_from_metrics, epoch, bool(trainer.loggers)
+
+    def _after_log_metrics(self, context: Any, _result: Any) -> None:
+        connector, metrics, step, step_from_metrics, epoch, had_loggers = context
+        if had_loggers:
+            # Lightning converted them already (one .item() each); reuse, don't sync again
+            converted = connector._logged_metrics
+            values = {k: converted.get(k, v) for k, v in metrics.items()}
+            values = _scalars(values)
+        else:
+            values = _scalars(metrics)
+        if step_from_metrics:
+            values.pop("step", None)
+        if epoch is not None:
+            values.setdefault("epoch", epoch)
+        self._experiment._emit_metrics(values, step, time.time())
+
+    # -- hyperparameters -------------------------------------------------------------------
+    def _capture_hyperparams(self, _instance: Any, args: tuple, kwargs: dict) -> None:
+        trainer = args[0] if args else kwargs["trainer"]
+        if not trainer.is_global_zero:
+            return None
+        hparams = _initial_hparams(trainer)
+        if hparams:
+            self._experiment.log_params(hparams)
+        return None
+
+    # -- run status ------------------------------------------------------------------------
+    def _on_error(self, _context: Any, exc: BaseException) -> None:
+        interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
+        self._experiment._mark_status(KILLED if interrupted else FAILED, exc)
+
+
+def _initial_hparams(trainer: Any) -> dict[str, Any]:
+    """The hyperparameters Lightning's ``_log_hyperparams`` would hand its loggers."""
+    module = trainer.lightning_module
+    datamodule = trainer.datamodule
+    merged: dict[str, Any] = {}
+    if module is not None and module._log_hyperparams:
+        merged.update(module.hparams_initial)
+    if datamodule is not None and datamodule._log_hyperparams:
+        merged.update(datamodule.hparams_initial)
+    merged.pop("_class_path", None)  # LightningCLI's internal hparam
+    return merged
+
+
+def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    """Python numbers for every value: CPU tensors via ``.item()``, device tensors in one transfer
+    per device and dtype (one synchronization instead of one per metric)."""
+    values: dict[str, Any] = {}
+    on_device: dict[tuple[Any, Any], list[tuple[str, Any]]] = {}
+    for key, value in metrics.items():
+        device = getattr(value, "device", None)
+        if device is None or not hasattr(value, "detach"):
+            values[key] = value
+        elif device.type == "cpu" or value.numel() != 1:
+            values[key] = value.item() if value.numel() == 1 else value
+        else:
+            on_device.setdefault((device, value.dtype), []).append((key, value))
+    if on_device:
+        import torch
+
+        for group in on_device.values():
+            numbers = torch.stack([v.detach().reshape(()) for _, v in group]).tolist()
+            values.update(zip((k for k, _ in group), numbers, strict=True))
+    return {key: values[key] for key in metrics}

@@ -1,0 +1,141 @@
+"""How chunks of the event stream reach the dispatcher: a writer process, or a thread.
+
+The process transport is the default. Measured on a 2-core machine (DESIGN.md), MLflow's
+Python-heavy write path on a thread of the training process stalls training through the
+GIL far beyond its CPU cost; in a separate process it costs training almost nothing, keeps
+backend SDK imports out of the training process, and survives the training process being
+killed (the writer sees EOF and closes the runs).
+
+Frames on the pipes are a 4-byte big-endian length followed by a pickle.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import struct
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, BinaryIO
+
+from tracelet import _log
+from tracelet.dispatcher import Dispatcher, Reply
+
+log = _log.get_logger(__name__)
+
+_HEADER = struct.Struct(">I")
+WRITER_ENV = "TRACELET_WRITER_PROCESS"  # set inside the writer so nothing there starts tracking
+
+
+def write_frame(stream: BinaryIO, obj: Any) -> None:
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def read_frame(stream: BinaryIO) -> Any:
+    """The next object, or raises EOFError at the end of the stream (also after a torn frame)."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError
+    return pickle.loads(payload)
+
+
+class ThreadTransport:
+    """The dispatcher on the sender thread of this process: no extra process, more GIL."""
+
+    def __init__(self, on_reply: Callable[[Reply], None]) -> None:
+        self._dispatcher = Dispatcher(on_reply)
+
+    def send(self, items: Sequence[Any]) -> None:
+        self._dispatcher.handle(items)
+
+    def close(self) -> None:
+        pass
+
+    def after_fork_in_child(self) -> None:
+        pass
+
+
+class ProcessTransport:
+    """The dispatcher in a writer process started now, so it is warm before training."""
+
+    def __init__(self, on_reply: Callable[[Reply], None], on_exit: Callable[[], None]) -> None:
+        data_read, data_write = os.pipe()
+        reply_read, reply_write = os.pipe()
+        env = dict(os.environ)
+        env[WRITER_ENV] = "1"
+        env["PYTHONSAFEPATH"] = "1"  # the writer sees our sys.path, not its cwd on top of it
+        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        try:
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "tracelet.writer", str(data_read), str(reply_write)],
+                pass_fds=(data_read, reply_write),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=_stderr_fd(),
+                start_new_session=True,  # a Ctrl+C for the training must not kill the writer
+            )
+        finally:
+            os.close(data_read)
+            os.close(reply_write)
+        self._stream = os.fdopen(data_write, "wb", buffering=1 << 16)
+        self._replies = os.fdopen(reply_read, "rb")
+        self._on_reply = on_reply
+        self._on_exit = on_exit
+        self._reader = threading.Thread(target=self._read_replies, name="tracelet-replies", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    def send(self, items: Sequence[Any]) -> None:
+        write_frame(self._stream, list(items))
+
+    def close(self) -> None:
+        """Close our end of the data pipe: the writer finishes on its own deadline."""
+        try:
+            self._stream.close()
+        except OSError:  # the writer is already gone; nothing left to tell it
+            pass
+
+    def wait(self, timeout: float) -> int | None:
+        try:
+            return self._process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def after_fork_in_child(self) -> None:
+        """A forked child (e.g. a DataLoader worker) must not hold the writer's pipe open."""
+        for stream in (self._stream, self._replies):
+            try:
+                os.close(stream.fileno())
+            except OSError:
+                pass
+
+    def _read_replies(self) -> None:
+        try:
+            while True:
+                self._on_reply(read_frame(self._replies))
+        except (EOFError, OSError):
+            pass
+        except Exception:  # a reply we cannot decode: stop listening, the bus reports it
+            log.exception("tracelet could not read a reply from its writer process")
+        finally:
+            self._on_exit()
+
+
+def _stderr_fd() -> int | None:
+    """Backend SDKs print; keep that off the user's stdout."""
+    try:
+        return sys.__stderr__.fileno() if sys.__stderr__ is not None else None
+    except (OSError, ValueError):  # e.g. a notebook without real standard streams
+        return None

@@ -1,0 +1,89 @@
+"""The writer process: ``python -m tracelet.writer DATA_FD REPLY_FD``.
+
+Reads the event stream from the training process, runs the dispatcher and the backend
+workers, and answers flush/shutdown requests. Warnings logged here (by tracelet's backend
+adapters) travel back to the training process so the user sees them in their own log.
+When the training process disappears without a shutdown (killed, crashed hard), the pipe
+reaches EOF and every backend still gets what was received and a KILLED status.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+
+from tracelet import _log
+from tracelet.dispatcher import Dispatcher, Reply
+from tracelet.events import KILLED
+from tracelet.transport import read_frame, write_frame
+
+ABANDON_GRACE_S = 30.0  # how long backends may take to close after the training process vanished
+
+
+class _ReplyChannel:
+    def __init__(self, fd: int) -> None:
+        self._stream = os.fdopen(fd, "wb")
+        self._lock = threading.Lock()
+
+    def send(self, reply: Reply) -> None:
+        with self._lock:
+            try:
+                write_frame(self._stream, reply)
+            except OSError:  # the training process is gone; nobody to answer
+                pass
+
+
+class _ForwardWarnings(logging.Handler):
+    """Send tracelet's warnings to the training process, where the user's logging sees them."""
+
+    def __init__(self, channel: _ReplyChannel) -> None:
+        super().__init__(logging.WARNING)
+        self._channel = channel
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            payload = (record.name, record.levelno, record.getMessage())
+            self._channel.send(Reply("log", 0, {}, True, payload))
+        except Exception:  # logging must never take the writer down
+            self.handleError(record)
+
+
+def main(argv: list[str]) -> int:
+    data_fd, reply_fd = int(argv[0]), int(argv[1])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # only EOF or a shutdown request end the writer
+    channel = _ReplyChannel(reply_fd)
+    logger = logging.getLogger(_log.LOGGER_NAME)
+    logger.addHandler(_ForwardWarnings(channel))
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    closed = threading.Event()
+
+    def reply(message: Reply) -> None:
+        channel.send(message)
+        if message.kind == "closed":
+            closed.set()
+
+    dispatcher = Dispatcher(reply)
+    stream = os.fdopen(data_fd, "rb")
+    try:
+        while True:
+            items = read_frame(stream)
+            dispatcher.handle(items)
+    except EOFError:
+        pass
+    if not dispatcher.ended:
+        logger.warning("the training process ended without stop_logging; closing its runs as KILLED")
+        dispatcher.abandon(KILLED, ABANDON_GRACE_S)
+    else:
+        closed.wait(ABANDON_GRACE_S)  # the shutdown reply is sent by its own thread, on its deadline
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # backend SDKs may leave non-daemon threads behind; the runs are closed
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
