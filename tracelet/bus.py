@@ -131,7 +131,7 @@ class EventBus:
         if reason == "queue full":
             _log.warn_once(
                 "bus-overflow",
-                "tracelet's buffer of %d events is full: new events are dropped (counted; raise `queue_size`)",
+                "the buffer of %d events is full: new events are dropped (counted; raise `queue_size`)",
                 self._capacity,
                 log=log,
             )

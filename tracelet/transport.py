@@ -11,6 +11,7 @@ Frames on the pipes are a 4-byte big-endian length followed by a pickle.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
 import struct
@@ -102,10 +103,8 @@ class ProcessTransport:
 
     def close(self) -> None:
         """Close our end of the data pipe: the writer finishes on its own deadline."""
-        try:
+        with contextlib.suppress(OSError):  # the writer may be gone already; nothing to tell it
             self._stream.close()
-        except OSError:  # the writer is already gone; nothing left to tell it
-            pass
 
     def wait(self, timeout: float) -> int | None:
         try:
@@ -116,10 +115,8 @@ class ProcessTransport:
     def after_fork_in_child(self) -> None:
         """A forked child (e.g. a DataLoader worker) must not hold the writer's pipe open."""
         for stream in (self._stream, self._replies):
-            try:
+            with contextlib.suppress(OSError):
                 os.close(stream.fileno())
-            except OSError:
-                pass
 
     def _read_replies(self) -> None:
         try:

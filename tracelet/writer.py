@@ -9,6 +9,7 @@ reaches EOF and every backend still gets what was received and a KILLED status.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -29,11 +30,8 @@ class _ReplyChannel:
         self._lock = threading.Lock()
 
     def send(self, reply: Reply) -> None:
-        with self._lock:
-            try:
-                write_frame(self._stream, reply)
-            except OSError:  # the training process is gone; nobody to answer
-                pass
+        with self._lock, contextlib.suppress(OSError):  # OSError: the training process is gone
+            write_frame(self._stream, reply)
 
 
 class _ForwardWarnings(logging.Handler):
