@@ -23,13 +23,13 @@ def ensure_visible() -> None:
     Lightning does the same for its own logger; without it the stop summary and the
     one-time warnings would be invisible under Python's default logging setup.
     """
+    if logger.level == logging.NOTSET:  # the user's explicit level wins
+        logger.setLevel(logging.INFO)
     if logger.handlers or logging.getLogger().handlers:
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("[tracelet] %(message)s"))
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    logger.propagate = True
 
 
 def warn_once(cause: str, message: str, *args: object, log: logging.Logger | None = None) -> bool:

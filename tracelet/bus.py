@@ -62,10 +62,14 @@ class EventBus:
         self._stats_lock = threading.Lock()
         self._tokens = itertools.count(1)
         self._waiting: dict[int, tuple[threading.Event, list[Reply]]] = {}
-        if writer == "thread":
-            self._transport: Any = ThreadTransport(self._on_reply)
-        else:
-            self._transport = ProcessTransport(self._on_reply, self._on_writer_exit)
+        self._transport: Any = None
+        if writer == "process":
+            try:
+                self._transport = ProcessTransport(self._on_reply, self._on_writer_exit)
+            except OSError as err:  # no subprocesses here (a sandbox, exhausted limits)
+                log.warning("could not start tracelet's writer process (%s); backends run on threads", err)
+        if self._transport is None:
+            self._transport = ThreadTransport(self._on_reply)
         self._buffer.append(Control("init", 0, 0.0, Init(run, backends, capacity)))
         self._sender = threading.Thread(target=self._send_loop, name="tracelet-sender", daemon=True)
         self._sender.start()
@@ -88,12 +92,13 @@ class EventBus:
 
     def shutdown(self, status: str, timeout: float) -> Outcome:
         """End the run with ``status`` in every backend and stop; returns within ``timeout``."""
+        started = time.monotonic()
         if not (self._dead or self._forked):
             self._buffer.append(RunEnd(status))
         outcome = self._request("shutdown", timeout)
         self._stopping = True
         self._wake.set()
-        self._sender.join(max(0.0, timeout))
+        self._sender.join(max(0.05, timeout - (time.monotonic() - started)))
         self._transport.close()
         _live_buses.discard(self)
         return outcome

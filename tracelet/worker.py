@@ -178,10 +178,18 @@ class BackendWorker:
             with self._cond:
                 self.stats.state = "failed"
                 self.stats.error = f"{type(err).__name__}: {err}"
-                pending = [e for item in self._items if not isinstance(item, _Marker) for e in item]
-                self._items = collections.deque(i for i in self._items if isinstance(i, _Marker))
-                self.stats.pending = 0
-                self._drop_unwritable(pending)
+                # what is queued can never be written; keep flush markers and the RunEnd in order
+                kept: collections.deque[Any] = collections.deque()
+                for item in self._items:
+                    if isinstance(item, _Marker):
+                        kept.append(item)
+                        continue
+                    self._drop_unwritable(item)
+                    ends = [e for e in item if isinstance(e, RunEnd)]
+                    if ends:
+                        kept.append(ends)
+                self._items = kept
+                self.stats.pending = sum(len(i) for i in kept if not isinstance(i, _Marker))
             log.warning(
                 "backend %r disabled for this run: it failed to open (%s)", self.name, self.stats.error
             )

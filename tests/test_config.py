@@ -1,0 +1,99 @@
+"""Settings precedence (argument > config > environment > default) and every error message."""
+
+from __future__ import annotations
+
+import pytest
+
+import tracelet
+from tracelet.backends import base as backends
+from tracelet.config import OPTIONS, ConfigError, resolve
+
+
+def test_defaults_without_any_source():
+    settings = resolve({}, {}, {})
+    assert settings.backend == ("mlflow",)
+    assert settings.project is None and settings.exp_name is None
+    assert settings.track_lightning is True and settings.writer == "process"
+
+
+def test_argument_beats_config_beats_environment_beats_default():
+    env = {"TRACELET_PROJECT": "from-env", "TRACELET_EXPERIMENT_NAME": "env-run", "TRACELET_QUEUE_SIZE": "7"}
+    config = {"project": "from-config", "exp_name": "config-run"}
+    settings = resolve({"project": "from-arg"}, config, env)
+    assert settings.project == "from-arg"
+    assert settings.exp_name == "config-run"
+    assert settings.queue_size == 7
+    assert settings.stop_timeout == 30.0
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("mlflow", ("mlflow",)),
+        ("mlflow, wandb", ("mlflow", "wandb")),
+        (["MLflow", "wandb", "mlflow"], ("mlflow", "wandb")),
+        ("pkg.mod:MyBackend", ("pkg.mod:MyBackend",)),
+    ],
+)
+def test_backend_takes_a_name_a_comma_list_or_a_list(value, expected):
+    assert resolve({"backend": value}, {}, {}).backend == expected
+
+
+def test_environment_backend_list_is_comma_separated():
+    assert resolve({}, {}, {"TRACELET_BACKEND": "mlflow,wandb"}).backend == ("mlflow", "wandb")
+
+
+@pytest.mark.parametrize(
+    "config, env, message",
+    [
+        ({"track_lightning": "maybe"}, {}, "invalid value 'maybe' for 'track_lightning' (from config['track_lightning'])"),
+        ({}, {"TRACELET_STRICT": "2"}, "for 'strict' (from environment variable TRACELET_STRICT): expected a boolean"),
+        ({"queue_size": 0}, {}, "for 'queue_size' (from config['queue_size']): expected a positive integer"),
+        ({}, {"TRACELET_QUEUE_SIZE": "lots"}, "expected a positive integer"),
+        ({"stop_timeout": -1}, {}, "expected a positive number of seconds"),
+        ({"writer": "fork"}, {}, "expected one of: process, thread"),
+        ({"backend": []}, {}, "expected at least one backend name"),
+        ({"backend": 3}, {}, "expected a backend name"),
+        ({"project": 5}, {}, "for 'project' (from config['project']): expected a string"),
+    ],
+)
+def test_bad_values_name_the_setting_and_its_source(config, env, message):
+    with pytest.raises(ConfigError) as error:
+        resolve({}, config, env)
+    assert message in str(error.value)
+
+
+def test_unknown_config_key_suggests_the_close_one_and_lists_all():
+    with pytest.raises(ConfigError) as error:
+        resolve({}, {"trak_lightning": True}, {})
+    text = str(error.value)
+    assert "unknown config key 'trak_lightning'" in text
+    assert "Did you mean 'track_lightning'?" in text
+    assert all(option.key in text for option in OPTIONS)
+
+
+def test_start_logging_fails_fast_on_bad_config_without_starting_a_run(tmp_path):
+    with pytest.raises(ConfigError):
+        tracelet.start_logging(config={"queue_size": "x"})
+    assert tracelet.get_active_experiment() is None
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_unknown_backend_lists_the_available_ones():
+    with pytest.raises(ConfigError) as error:
+        tracelet.start_logging(backend="neptune")
+    assert "unknown backend 'neptune'" in str(error.value)
+    assert "Available backends: mlflow" in str(error.value)
+
+
+def test_known_backend_without_its_sdk_names_the_extra_to_install(monkeypatch):
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ConfigError) as error:
+        tracelet.start_logging(backend="mlflow")
+    assert "pip install 'tracelet[mlflow]'" in str(error.value)
+
+
+def test_api_key_never_appears_in_repr_or_public_settings():
+    settings = resolve({"api_key": "sk-secret-123"}, {}, {})
+    assert "sk-secret-123" not in repr(settings)
+    assert "api_key" not in settings.public()
