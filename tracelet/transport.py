@@ -75,6 +75,7 @@ class ProcessTransport:
         env[WRITER_ENV] = "1"
         env["PYTHONSAFEPATH"] = "1"  # the writer sees our sys.path, not its cwd on top of it
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no schema-migration chatter from the writer
         try:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "tracelet.writer", str(data_read), str(reply_write)],
