@@ -97,3 +97,12 @@ def test_api_key_never_appears_in_repr_or_public_settings():
     settings = resolve({"api_key": "sk-secret-123"}, {}, {})
     assert "sk-secret-123" not in repr(settings)
     assert "api_key" not in settings.public()
+
+
+def test_readme_configuration_table_matches_the_settings_the_code_accepts():
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rows = [line for line in readme.splitlines() if line.startswith("| `") and "TRACELET_" in line]
+    documented = {(row.split("|")[1].strip(" `"), row.split("|")[2].strip(" `")) for row in rows}
+    assert documented == {(option.key, option.env) for option in OPTIONS}
