@@ -56,8 +56,14 @@ def _job(config: str, steps: int, workdir: str) -> dict:
         pl.seed_everything(0, verbose=False)
         data = TensorDataset(torch.randn(n_steps * 4, 16), torch.randn(n_steps * 4, 1))
         trainer = pl.Trainer(
-            max_epochs=1, logger=logger, log_every_n_steps=1, enable_checkpointing=False,
-            enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+            max_epochs=1,
+            logger=logger,
+            log_every_n_steps=1,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            accelerator="cpu",
+            devices=1,
         )
         started = time.perf_counter()
         trainer.fit(Tiny(), DataLoader(data, batch_size=4))
@@ -90,7 +96,9 @@ def _job(config: str, steps: int, workdir: str) -> dict:
 def _measure(config: str, steps: int, workdir: str) -> dict:
     out = subprocess.run(
         [sys.executable, __file__, "--one", config, "--steps", str(steps), "--workdir", workdir],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if out.returncode != 0:
         raise RuntimeError(f"{config} failed:\n{out.stderr[-3000:]}")
@@ -121,8 +129,10 @@ def main() -> None:
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
 
     baseline = statistics.median(s["fit"] for s in samples["logger=False"])
-    print(f"\ntrainer.fit of {args.steps} steps, 3 metrics/step, log_every_n_steps=1; "
-          f"median of {args.rounds} interleaved rounds")
+    print(
+        f"\ntrainer.fit of {args.steps} steps, 3 metrics/step, log_every_n_steps=1; "
+        f"median of {args.rounds} interleaved rounds"
+    )
     print(f"{'configuration':<18} {'fit median (s)':>15} {'ratio':>7}   runs (s)")
     for name in CONFIGS:
         fits = [s["fit"] for s in samples[name]]
@@ -132,9 +142,11 @@ def main() -> None:
     lifecycle = [s["start"] + s["stop"] for s in samples["tracelet-mlflow"]]
     starts = [s["start"] for s in samples["tracelet-mlflow"]]
     stops = [s["stop"] for s in samples["tracelet-mlflow"]]
-    print(f"\ntracelet start_logging median {statistics.median(starts):.3f}s, stop_logging median "
-          f"{statistics.median(stops):.3f}s, together median {statistics.median(lifecycle):.3f}s "
-          f"(max {max(lifecycle):.3f}s)")
+    print(
+        f"\ntracelet start_logging median {statistics.median(starts):.3f}s, stop_logging median "
+        f"{statistics.median(stops):.3f}s, together median {statistics.median(lifecycle):.3f}s "
+        f"(max {max(lifecycle):.3f}s)"
+    )
     sent = {s["sent"] for s in samples["tracelet-mlflow"]}
     dropped = sum(s["dropped"] for s in samples["tracelet-mlflow"])
     print(f"tracelet events sent per run: {sorted(sent)}, dropped in all runs: {dropped}")

@@ -24,7 +24,9 @@ class Regressor(pl.LightningModule):
     def __init__(self, lr: float = 0.05, hidden: int = 16):
         super().__init__()
         self.save_hyperparameters()  # -> MLflow params
-        self.net = torch.nn.Sequential(torch.nn.Linear(8, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1))
+        self.net = torch.nn.Sequential(
+            torch.nn.Linear(8, hidden), torch.nn.ReLU(), torch.nn.Linear(hidden, 1)
+        )
 
     def training_step(self, batch, batch_idx):
         x, y = batch
@@ -44,8 +46,10 @@ def loaders() -> tuple[DataLoader, DataLoader]:
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(1024, 8, generator=generator)
     y = x @ torch.linspace(-1, 1, 8).unsqueeze(1) + 0.1 * torch.randn(1024, 1, generator=generator)
-    return (DataLoader(TensorDataset(x[:896], y[:896]), batch_size=32, shuffle=True),
-            DataLoader(TensorDataset(x[896:], y[896:]), batch_size=64))
+    return (
+        DataLoader(TensorDataset(x[:896], y[:896]), batch_size=32, shuffle=True),
+        DataLoader(TensorDataset(x[896:], y[896:]), batch_size=64),
+    )
 
 
 def main() -> None:
@@ -53,8 +57,13 @@ def main() -> None:
 
     pl.seed_everything(0)
     train, val = loaders()
-    trainer = pl.Trainer(max_epochs=int(os.environ.get("QUICKSTART_EPOCHS", "5")), logger=False,
-                         enable_checkpointing=False, log_every_n_steps=5, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=int(os.environ.get("QUICKSTART_EPOCHS", "5")),
+        logger=False,
+        enable_checkpointing=False,
+        log_every_n_steps=5,
+        accelerator="cpu",
+    )
     trainer.fit(Regressor(), train, val)
 
     report = tracelet.stop_logging()

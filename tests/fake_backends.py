@@ -19,7 +19,7 @@ class Recording:
     """Writes every event it receives to ``<Class>.jsonl``."""
 
     def __init__(self) -> None:
-        self._file = Path(f"{type(self).__name__}.jsonl").open("a")
+        self._file = Path(f"{type(self).__name__}.jsonl").open("a")  # noqa: SIM115 - closed in close()
 
     def _record(self, *fields) -> None:
         self._file.write(json.dumps(fields) + "\n")
@@ -27,7 +27,9 @@ class Recording:
 
     def open(self, run: RunInfo) -> RunLocation:
         self._record("open", run.project, run.exp_name)
-        return RunLocation(type(self).__name__, run.run_uid, "file:" + self._file.name, "cat " + self._file.name)
+        return RunLocation(
+            type(self).__name__, run.run_uid, "file:" + self._file.name, "cat " + self._file.name
+        )
 
     def write(self, batch):
         for event in batch:

@@ -15,7 +15,9 @@ import tracelet
 def _script(tmp_path, body: str) -> subprocess.CompletedProcess:
     path = tmp_path / "job.py"
     path.write_text(textwrap.dedent(body))
-    return subprocess.run([sys.executable, str(path)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(path)], capture_output=True, text=True, cwd=tmp_path, timeout=120
+    )
 
 
 def _only_run_id(tmp_path) -> str:
@@ -29,14 +31,23 @@ def _only_run_id(tmp_path) -> str:
 
 def test_public_api_is_tiny():
     assert sorted(tracelet.__all__) == sorted(
-        ["ConfigError", "Experiment", "RunReport", "__version__", "get_active_experiment", "start_logging",
-         "stop_logging"]
+        [
+            "ConfigError",
+            "Experiment",
+            "RunReport",
+            "__version__",
+            "get_active_experiment",
+            "start_logging",
+            "stop_logging",
+        ]
     )
 
 
 def test_import_tracelet_imports_no_framework_or_backend_sdk():
-    code = "import sys, tracelet; print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning', " \
-           "'mlflow', 'wandb', 'clearml', 'numpy') if m in sys.modules))"
+    code = (
+        "import sys, tracelet; print(sorted(m for m in ('torch', 'lightning', 'pytorch_lightning', "
+        "'mlflow', 'wandb', 'clearml', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -94,16 +105,23 @@ def test_tensor_and_numpy_values_are_accepted():
     exp.log_metric("flag", True)
     tracelet.stop_logging()
     assert [line[1:] for line in recorded() if line[0] == "metric"] == [
-        ["t", 0.25, 3], ["bf16", 1.5, None], ["np", 0.5, 4], ["flag", 1.0, None]]
+        ["t", 0.25, 3],
+        ["bf16", 1.5, None],
+        ["np", 0.5, 4],
+        ["flag", 1.0, None],
+    ]
 
 
 def test_a_script_that_forgets_stop_logging_is_flushed_and_finished_at_exit(tmp_path):
-    out = _script(tmp_path, """
+    out = _script(
+        tmp_path,
+        """
         import tracelet
         exp = tracelet.start_logging(project="forgetful")
         for i in range(3000):
             exp.log_metric("loss", 1.0 / (i + 1), iteration=i)
-    """)
+    """,
+    )
     assert out.returncode == 0, out.stderr
     run_id = _only_run_id(tmp_path)
     assert mlflow_run(run_id, f"sqlite:///{tmp_path / 'mlflow.db'}").info.status == "FINISHED"
@@ -111,12 +129,15 @@ def test_a_script_that_forgets_stop_logging_is_flushed_and_finished_at_exit(tmp_
 
 
 def test_an_uncaught_exception_marks_the_run_failed_and_still_exits_with_the_error(tmp_path):
-    out = _script(tmp_path, """
+    out = _script(
+        tmp_path,
+        """
         import tracelet
         exp = tracelet.start_logging(project="crash")
         exp.log_metric("loss", 1.0)
         raise ValueError("user bug")
-    """)
+    """,
+    )
     assert out.returncode == 1 and "ValueError: user bug" in out.stderr
     run = mlflow_run(_only_run_id(tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FAILED"
@@ -124,13 +145,16 @@ def test_an_uncaught_exception_marks_the_run_failed_and_still_exits_with_the_err
 
 
 def test_sigterm_marks_the_run_killed_and_still_terminates(tmp_path):
-    out = _script(tmp_path, """
+    out = _script(
+        tmp_path,
+        """
         import os, signal, tracelet
         exp = tracelet.start_logging(project="term")
         exp.log_metric("loss", 1.0)
         os.kill(os.getpid(), signal.SIGTERM)
         print("not reached")
-    """)
+    """,
+    )
     assert out.returncode == -15 and "not reached" not in out.stdout
     run = mlflow_run(_only_run_id(tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "KILLED"
@@ -138,14 +162,17 @@ def test_sigterm_marks_the_run_killed_and_still_terminates(tmp_path):
 
 
 def test_a_training_process_killed_hard_leaves_a_killed_run_with_what_was_sent(tmp_path):
-    out = _script(tmp_path, """
+    out = _script(
+        tmp_path,
+        """
         import os, signal, tracelet
         exp = tracelet.start_logging(project="sigkill")
         for i in range(500):
             exp.log_metric("loss", i, iteration=i)
         assert exp.flush(60)
         os.kill(os.getpid(), signal.SIGKILL)
-    """)
+    """,
+    )
     assert out.returncode == -9
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     import time

@@ -72,7 +72,9 @@ def test_overflow_is_counted_per_backend_warned_once_and_reported(caplog):
     assert hanging.dropped > 0 and hanging.reasons.get("queue full", 0) > 0
     assert hanging.sent + hanging.dropped + hanging.pending + hanging.failed <= 5_000
     assert recording.sent + recording.dropped == 5_000
-    overflow_warnings = [r for r in caplog.records if "cannot keep up" in r.getMessage() and "Hanging" in r.getMessage()]
+    overflow_warnings = [
+        r for r in caplog.records if "cannot keep up" in r.getMessage() and "Hanging" in r.getMessage()
+    ]
     assert len(overflow_warnings) == 1
 
 
@@ -87,7 +89,9 @@ def test_a_backend_that_fails_to_open_is_disabled_with_one_warning_and_others_ca
     failing = report.backends["FailingOpen"]
     assert failing.state == "failed" and "tracking server unreachable" in failing.error
     assert failing.dropped == 1_000 and failing.reasons == {"backend failed to open": 1_000}
-    warnings = [r for r in caplog.records if "failed to open" in r.getMessage() and r.levelno >= logging.WARNING]
+    warnings = [
+        r for r in caplog.records if "failed to open" in r.getMessage() and r.levelno >= logging.WARNING
+    ]
     assert len(warnings) == 1 and warnings[0].levelno == logging.WARNING
     assert "disabled" in next(line for line in report.lines() if line.startswith("FailingOpen"))
 

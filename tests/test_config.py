@@ -46,8 +46,16 @@ def test_environment_backend_list_is_comma_separated():
 @pytest.mark.parametrize(
     "config, env, message",
     [
-        ({"track_lightning": "maybe"}, {}, "invalid value 'maybe' for 'track_lightning' (from config['track_lightning'])"),
-        ({}, {"TRACELET_STRICT": "2"}, "for 'strict' (from environment variable TRACELET_STRICT): expected a boolean"),
+        (
+            {"track_lightning": "maybe"},
+            {},
+            "invalid value 'maybe' for 'track_lightning' (from config['track_lightning'])",
+        ),
+        (
+            {},
+            {"TRACELET_STRICT": "2"},
+            "for 'strict' (from environment variable TRACELET_STRICT): expected a boolean",
+        ),
         ({"queue_size": 0}, {}, "for 'queue_size' (from config['queue_size']): expected a positive integer"),
         ({}, {"TRACELET_QUEUE_SIZE": "lots"}, "expected a positive integer"),
         ({"stop_timeout": -1}, {}, "expected a positive number of seconds"),

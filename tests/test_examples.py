@@ -14,8 +14,14 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 def test_quickstart_records_its_run_in_the_local_mlflow_store(tmp_path):
     env = dict(os.environ, QUICKSTART_EPOCHS="1")
-    out = subprocess.run([sys.executable, str(EXAMPLES / "quickstart.py")], capture_output=True, text=True,
-                         cwd=tmp_path, env=env, timeout=300)
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES / "quickstart.py")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in out.stdout
     run_id = out.stdout.split("is in MLflow as run ")[1].split()[0]
@@ -28,7 +34,18 @@ def test_quickstart_records_its_run_in_the_local_mlflow_store(tmp_path):
 
 
 def test_overhead_benchmark_runs_in_smoke_mode():
-    out = subprocess.run([sys.executable, str(EXAMPLES.parent / "benchmarks" / "bench_overhead.py"),
-                          "--steps", "30", "--rounds", "1"], capture_output=True, text=True, timeout=600)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(EXAMPLES.parent / "benchmarks" / "bench_overhead.py"),
+            "--steps",
+            "30",
+            "--rounds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tracelet-mlflow" in out.stdout and "dropped in all runs: 0" in out.stdout

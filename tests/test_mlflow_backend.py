@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 
 import pytest
 from helpers import mlflow_run, mlflow_series
@@ -133,7 +134,7 @@ def test_artifacts_files_and_directories(tmp_path):
     assert {a.path for a in client.list_artifacts(run_id)} == {"report.txt", "figures"}
     assert [a.path for a in client.list_artifacts(run_id, "figures")] == ["figures/a.csv"]
     local = client.download_artifacts(run_id, "report.txt", str(tmp_path / "dl"))
-    assert open(local).read() == "hello"
+    assert Path(local).read_text() == "hello"
 
 
 def test_a_repeated_point_in_the_same_millisecond_is_kept(tmp_path):
