@@ -108,33 +108,25 @@ def test_keyboard_interrupt_in_fit_marks_run_killed():
     assert mlflow_run(run_id).info.status == "KILLED"
 
 
-def test_stop_logging_puts_the_original_functions_back():
-    import lightning.pytorch as pl
-    from lightning.pytorch.trainer import trainer as trainer_module
-    from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
+@pytest.mark.parametrize("namespace", NAMESPACES)
+def test_stop_logging_puts_the_original_functions_back(namespace):
+    pl = importlib.import_module(namespace)
+    trainer_module = importlib.import_module(f"{namespace}.trainer.trainer")
+    connector = importlib.import_module(f"{namespace}.trainer.connectors.logger_connector.logger_connector")
 
-    originals = (
-        vars(_LoggerConnector)["log_metrics"],
-        vars(trainer_module)["_log_hyperparams"],
-        vars(pl.Trainer)["fit"],
-        vars(pl.Trainer)["test"],
-    )
-    tracelet.start_logging(config={"writer": "thread"})
-    patched = (
-        vars(_LoggerConnector)["log_metrics"],
-        vars(trainer_module)["_log_hyperparams"],
-        vars(pl.Trainer)["fit"],
-        vars(pl.Trainer)["test"],
-    )
-    assert all(p is not o for p, o in zip(patched, originals, strict=True))
-    tracelet.stop_logging()
-    restored = (
-        vars(_LoggerConnector)["log_metrics"],
-        vars(trainer_module)["_log_hyperparams"],
-        vars(pl.Trainer)["fit"],
-        vars(pl.Trainer)["test"],
-    )
-    assert all(r is o for r, o in zip(restored, originals, strict=True))
+    def current():
+        return (
+            vars(connector._LoggerConnector)["log_metrics"],
+            vars(trainer_module)["_log_hyperparams"],
+            *(vars(pl.Trainer)[name] for name in ("fit", "validate", "test", "predict")),
+        )
+
+    originals = current()
+    for _ in range(3):  # and again: nothing accumulates across runs
+        tracelet.start_logging(config={"writer": "thread"})
+        assert all(p is not o for p, o in zip(current(), originals, strict=True))
+        tracelet.stop_logging()
+        assert all(r is o for r, o in zip(current(), originals, strict=True))
 
 
 def test_patch_runs_original_once_and_hides_tracelet_errors_when_not_strict(monkeypatch, caplog):
@@ -157,7 +149,7 @@ def test_patch_runs_original_once_and_hides_tracelet_errors_when_not_strict(monk
     calls_without_tracelet = list(calls)
     calls.clear()
 
-    monkeypatch.setattr(instrumentation, "_scalars", broken)
+    monkeypatch.setattr(instrumentation, "_split_by_device", broken)
     monkeypatch.setenv("TRACELET_STRICT", "0")
     exp = tracelet.start_logging(project="tiny", config={"writer": "thread"})
     trainer = run_tiny_job("lightning.pytorch", logger=False, test=False)  # must not raise
@@ -172,7 +164,7 @@ def test_patch_errors_are_raised_in_strict_mode(monkeypatch):
     from tracelet.instrumentation import lightning as instrumentation
     from tracelet.instrumentation.base import TraceletInternalError
 
-    monkeypatch.setattr(instrumentation, "_scalars", lambda *a: 1 / 0)
+    monkeypatch.setattr(instrumentation, "_split_by_device", lambda *a: 1 / 0)
     tracelet.start_logging(project="tiny", config={"writer": "thread"})
     with pytest.raises(TraceletInternalError):
         run_tiny_job("lightning.pytorch", logger=False, test=False)
@@ -206,3 +198,36 @@ def test_lightning_imported_after_start_logging_is_instrumented(tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert "'train/loss_step'" in out.stdout and "'val_loss'" in out.stdout
+
+
+def test_device_values_are_read_off_the_training_thread_and_arrive_intact(monkeypatch, tmp_path):
+    """The deferred path (used for CUDA tensors), exercised on CPU: the values are read by the
+    bus's sender thread, which here waits on a gate that opens only after training has ended."""
+    import threading
+
+    from tracelet.instrumentation import lightning as instrumentation
+
+    expected = _oracle("lightning.pytorch", tmp_path)
+    gate = threading.Event()
+    reads = []
+
+    def gated_copy(stacked):
+        values = stacked.tolist()
+
+        def wait_and_read():
+            gate.wait()
+            reads.append(threading.current_thread().name)
+            return values
+
+        return wait_and_read
+
+    monkeypatch.setattr(instrumentation, "_HOST_DEVICE_TYPES", ())
+    monkeypatch.setattr(instrumentation, "_to_host_later", gated_copy)
+    exp = tracelet.start_logging(project="tiny")
+    run_tiny_job("lightning.pytorch", logger=False)  # would hang here if training waited on values
+    assert reads == []
+    gate.set()
+    run_id = _run_id(exp)
+    tracelet.stop_logging()
+    assert reads and set(reads) == {"tracelet-sender"}
+    assert_same_series(mlflow_series(run_id), expected)

@@ -25,13 +25,12 @@ from tracelet.bus import EventBus
 from tracelet.config import resolve
 from tracelet.events import FAILED, KILLED
 from tracelet.experiment import Experiment, RunReport
-from tracelet.instrumentation.base import Instrumentor, Safety
 
 log = _log.get_logger("tracelet")
 
 _lock = threading.RLock()
 _active: Experiment | None = None
-_instrumentors: list[Instrumentor] = []
+_instrumentors: list[Any] = []  # Instrumentor; imported lazily (wrapt) to keep `import tracelet` cheap
 _atexit_registered = False
 _previous_excepthook: Any = None
 _previous_sigterm: Any = None
@@ -117,6 +116,7 @@ def _activate(experiment: Experiment) -> None:
     global _active, _atexit_registered
     _active = experiment
     if experiment.is_recording and experiment.settings.track_lightning:
+        from tracelet.instrumentation.base import Safety
         from tracelet.instrumentation.lightning import LightningInstrumentor
 
         _instrumentors.append(LightningInstrumentor(experiment, Safety(experiment.settings.strict)))

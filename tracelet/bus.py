@@ -18,12 +18,13 @@ import os
 import threading
 import time
 import weakref
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 from tracelet import _log
 from tracelet.backends.base import BackendSpec, RunInfo
 from tracelet.dispatcher import Control, Init, Reply
-from tracelet.events import Event, RunEnd
+from tracelet.events import Event, Metric, RunEnd
 from tracelet.transport import ProcessTransport, ThreadTransport
 from tracelet.worker import BackendStats
 
@@ -32,6 +33,19 @@ log = _log.get_logger(__name__)
 CHUNK = 200  # events per frame to the writer
 SEND_INTERVAL_S = 0.2  # the longest an event waits in this process before it is shipped
 _REPLY_MARGIN = 0.9  # the writer answers at 90% of a deadline, so its answer arrives in time
+
+
+class DeferredMetrics(NamedTuple):
+    """Metrics whose values are still being copied from a device (never leaves this process).
+
+    ``values()`` waits for the copy; the sender thread calls it, so the training thread
+    never waits for a device.
+    """
+
+    names: tuple[str, ...]
+    values: Callable[[], list[float]]
+    step: int | None
+    timestamp: float
 
 
 @dataclasses.dataclass
@@ -147,13 +161,41 @@ class EventBus:
             self._wake.wait(SEND_INTERVAL_S)
             self._wake.clear()
             while buffer and not self._dead:
-                chunk = [buffer.popleft() for _ in range(min(CHUNK, len(buffer)))]
+                chunk = self._next_chunk()
                 try:
                     self._transport.send(chunk)
                 except Exception as err:  # the writer died or its pipe broke
                     self._writer_lost(chunk, err)
             if self._stopping and not buffer:
                 return
+
+    def _next_chunk(self) -> list[Any]:
+        chunk: list[Any] = []
+        buffer = self._buffer
+        for _ in range(min(CHUNK, len(buffer))):
+            item = buffer.popleft()
+            if type(item) is DeferredMetrics:
+                chunk.extend(self._resolve(item))
+            else:
+                chunk.append(item)
+        return chunk
+
+    def _resolve(self, deferred: DeferredMetrics) -> list[Metric]:
+        try:
+            values = deferred.values()
+        except Exception as err:  # a device error surfaced by the copy: lose these points, counted
+            self._count_drop(len(deferred.names), "device transfer failed")
+            _log.warn_once(
+                f"deferred:{type(err).__name__}",
+                "could not read metric values from the device (%s)",
+                err,
+                log=log,
+            )
+            return []
+        return [
+            Metric(name, float(value), deferred.step, deferred.timestamp)
+            for name, value in zip(deferred.names, values, strict=True)
+        ]
 
     def _writer_lost(self, chunk: list[Any], err: BaseException) -> None:
         self._dead = True

@@ -6,12 +6,12 @@ import dataclasses
 import os
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from tracelet import _log
 from tracelet.backends.base import RunInfo, RunLocation
-from tracelet.bus import EventBus, Outcome
+from tracelet.bus import DeferredMetrics, EventBus, Outcome
 from tracelet.config import Settings
 from tracelet.events import FAILED, FINISHED, KILLED, Artifact, Metric, Params, Tags
 from tracelet.values import to_float, to_plain, to_step
@@ -150,6 +150,13 @@ class Experiment:
                 self._reject(f"metric:{name}", f"metric {name!r}: {err}; the point is dropped")
                 continue
             bus.emit(Metric(name, number, step, timestamp))
+
+    def _emit_deferred(
+        self, names: tuple[str, ...], values: Callable[[], list[float]], step: int | None, timestamp: float
+    ) -> None:
+        """Points whose values are still on their way from a device; read on the sender thread."""
+        if self._bus is not None:
+            self._bus.emit(DeferredMetrics(names, values, step, timestamp))
 
     def _reject(self, cause: str, message: str) -> None:
         if self._bus is not None:

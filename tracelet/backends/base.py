@@ -18,7 +18,6 @@ through ``logging``. Third-party backends register the class under the entry-poi
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 import importlib.util
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
@@ -77,6 +76,8 @@ class BackendSpec(NamedTuple):
 
 
 def _entry_points() -> dict[str, str]:
+    import importlib.metadata  # ~20 ms: only when a run starts, not at `import tracelet`
+
     return {ep.name.lower(): ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 

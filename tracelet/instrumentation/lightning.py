@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 _CONNECTOR = "trainer.connectors.logger_connector.logger_connector"
 _ENTRY_POINTS = ("fit", "validate", "test", "predict")
+_HOST_DEVICE_TYPES = ("cpu",)  # tensors read at once; others are copied to the host asynchronously
 
 
 class LightningInstrumentor(Instrumentor):
@@ -94,17 +95,18 @@ class LightningInstrumentor(Instrumentor):
     def _after_log_metrics(self, context: Any, _result: Any) -> None:
         connector, metrics, step, step_from_metrics, epoch, had_loggers = context
         if had_loggers:
-            # Lightning converted them already (one .item() each); reuse, don't sync again
+            # Lightning converted them already (one .item() each): reuse, never sync again
             converted = connector._logged_metrics
-            values = {k: converted.get(k, v) for k, v in metrics.items()}
-            values = _scalars(values)
-        else:
-            values = _scalars(metrics)
+            metrics = {k: converted.get(k, v) for k, v in metrics.items()}
         if step_from_metrics:
-            values.pop("step", None)
-        if epoch is not None:
-            values.setdefault("epoch", epoch)
-        self._experiment._emit_metrics(values, step, time.time())
+            metrics = {k: v for k, v in metrics.items() if k != "step"}
+        values, on_device = _split_by_device(metrics)
+        if epoch is not None and "epoch" not in metrics:
+            values["epoch"] = epoch
+        now = time.time()
+        self._experiment._emit_metrics(values, step, now)
+        for names, stacked in on_device:
+            self._experiment._emit_deferred(names, _to_host_later(stacked), step, now)
 
     # -- hyperparameters -------------------------------------------------------------------
     def _capture_hyperparams(self, _instance: Any, args: tuple, kwargs: dict) -> None:
@@ -136,22 +138,56 @@ def _initial_hparams(trainer: Any) -> dict[str, Any]:
 
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
-    """Python numbers for every value: CPU tensors via ``.item()``, device tensors in one transfer
-    per device and dtype (one synchronization instead of one per metric)."""
+    """Python numbers for every one-element tensor, now (for the rare explicit ``step`` tensor)."""
+    values, on_device = _split_by_device(metrics)
+    for names, stacked in on_device:
+        values.update(zip(names, stacked.tolist(), strict=True))
+    return values
+
+
+def _split_by_device(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[tuple[str, ...], Any]]]:
+    """Numbers and CPU tensors as Python values now; one-element device tensors stacked, one
+    stack per device and dtype, for a single transfer each."""
     values: dict[str, Any] = {}
-    on_device: dict[tuple[Any, Any], list[tuple[str, Any]]] = {}
+    groups: dict[tuple[Any, Any], list[tuple[str, Any]]] = {}
     for key, value in metrics.items():
         device = getattr(value, "device", None)
         if device is None or not hasattr(value, "detach"):
             values[key] = value
-        elif device.type == "cpu" or value.numel() != 1:
+        elif device.type in _HOST_DEVICE_TYPES or value.numel() != 1:
             values[key] = value.item() if value.numel() == 1 else value
         else:
-            on_device.setdefault((device, value.dtype), []).append((key, value))
-    if on_device:
+            groups.setdefault((device, value.dtype), []).append((key, value))
+    if not groups:
+        return values, []
+    import torch
+
+    stacked = [
+        (tuple(k for k, _ in group), torch.stack([v.detach().reshape(()) for _, v in group]))
+        for group in groups.values()
+    ]
+    return values, stacked
+
+
+def _to_host_later(stacked: Any) -> Callable[[], list[float]]:
+    """Start the device-to-host copy without waiting for it; the returned function waits.
+
+    CUDA: a non-blocking copy into pinned memory and an event recorded behind it on the
+    current stream; the bus's sender thread waits on the event, not the training thread.
+    So tracking adds no synchronization to a training step. Other devices: one synchronous
+    transfer here.
+    """
+    if stacked.device.type == "cuda":
         import torch
 
-        for group in on_device.values():
-            numbers = torch.stack([v.detach().reshape(()) for _, v in group]).tolist()
-            values.update(zip((k for k, _ in group), numbers, strict=True))
-    return {key: values[key] for key in metrics}
+        host = stacked.to("cpu", non_blocking=True)  # lands in pinned memory, asynchronously
+        ready = torch.cuda.Event()
+        ready.record()
+
+        def wait_and_read() -> list[float]:
+            ready.synchronize()
+            return host.tolist()
+
+        return wait_and_read
+    values = stacked.tolist()
+    return lambda: values
