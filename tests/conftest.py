@@ -15,9 +15,15 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 def _isolated_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in list(os.environ):
-        if name.startswith(("TRACELET_", "MLFLOW_")):
+        if name.startswith(("TRACELET_", "MLFLOW_", "WANDB_", "CLEARML_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("TRACELET_STRICT", "1")
+    # every backend stays local: W&B offline, ClearML offline, both writing under the test's directory
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("CLEARML_OFFLINE_MODE", "1")
+    monkeypatch.setenv("CLEARML_CACHE_DIR", str(tmp_path / "clearml"))
     yield
     import tracelet
 

@@ -80,3 +80,11 @@ class FailingWrite(Recording):
 def recorded(name: str = "Recording") -> list[list]:
     path = Path(f"{name}.jsonl")
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class Blocking(Recording):
+    """Blocks for three seconds on every batch."""
+
+    def write(self, batch):
+        time.sleep(3.0)
+        return super().write(batch)

@@ -131,3 +131,39 @@ def assert_same_series(actual: Series, expected: Series) -> None:
         assert [s for s, _ in got] == [s for s, _ in want], f"{key}: steps differ {got} vs {want}"
         for (step, a), (_, b) in zip(got, want, strict=True):
             assert a == b or (math.isnan(a) and math.isnan(b)), f"{key} at step {step}: {a} != {b}"
+
+
+WANDB_INTERNAL = {"_step", "_runtime", "_timestamp", "trainer/global_step"}
+
+
+def wandb_series(run_dir: str) -> tuple[Series, dict]:
+    """Series (by trainer/global_step) and the whole parsed run from a W&B offline run directory."""
+    from wandb_reader import read_run
+
+    run = read_run(Path(run_dir))
+    series: Series = defaultdict(list)
+    for row in run["history"]:
+        for key, value in row.items():
+            if key not in WANDB_INTERNAL:
+                series[key].append((row["trainer/global_step"], float(value)))
+    return {k: sorted(v) for k, v in series.items()}, run
+
+
+def clearml_series(offline_dir: str) -> tuple[Series, dict]:
+    """Series (``title/series``, or the title where both are the same) and task.json of an offline session."""
+    import json
+
+    folder = Path(offline_dir)
+    series: Series = defaultdict(list)
+    metrics = folder / "metrics.jsonl"
+    for line in metrics.read_text().splitlines() if metrics.exists() else []:
+        for event in json.loads(line):
+            if event.get("type") == "training_stats_scalar":
+                name = (
+                    event["metric"]
+                    if event["metric"] == event["variant"]
+                    else f"{event['metric']}/{event['variant']}"
+                )
+                series[name].append((event["iter"], float(event["value"])))
+    task = json.loads((folder / "task.json").read_text())
+    return {k: sorted(v) for k, v in series.items()}, task

@@ -79,6 +79,8 @@ def start_logging(
             backend_url=settings.backend_url,
             started_at=time.time(),
             settings=settings.public(),
+            pid=os.getpid(),
+            argv=tuple(sys.argv),
         )
         bus = EventBus(run, specs, settings.queue_size, settings.writer) if _is_global_zero() else None
         experiment = Experiment(settings, run, bus)

@@ -38,6 +38,8 @@ class RunInfo(NamedTuple):
     backend_url: str | None
     started_at: float
     settings: Mapping[str, Any]  # public settings, no secrets
+    pid: int = 0  # the training process (backends run in the writer process)
+    argv: tuple[str, ...] = ()  # the training process's command line
 
 
 class RunLocation(NamedTuple):
@@ -65,6 +67,8 @@ class _Builtin(NamedTuple):
 
 BUILTINS: dict[str, _Builtin] = {
     "mlflow": _Builtin("tracelet.backends.mlflow:MLflowBackend", "mlflow", "mlflow"),
+    "wandb": _Builtin("tracelet.backends.wandb:WandbBackend", "wandb", "wandb"),
+    "clearml": _Builtin("tracelet.backends.clearml:ClearMLBackend", "clearml", "clearml"),
 }
 
 

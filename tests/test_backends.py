@@ -1,0 +1,169 @@
+"""The same run in MLflow, W&B (offline) and ClearML (offline) at once, each read back from
+what it stored; isolation between backends; plugins found through entry points."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import time
+
+import pytest
+from helpers import (
+    assert_same_series,
+    clearml_series,
+    csv_series,
+    make_trainer,
+    mlflow_run,
+    mlflow_series,
+    run_tiny_job,
+    wandb_series,
+)
+from test_lightning import _oracle
+
+import tracelet
+from tracelet.backends.clearml import title_and_series
+from tracelet.config import ConfigError
+
+ALL = ["mlflow", "wandb", "clearml"]
+
+
+def _three_backend_run(**model_kwargs):
+    exp = tracelet.start_logging(exp_name="fanout", project="tiny", backend=ALL)
+    try:
+        run_tiny_job("lightning.pytorch", logger=False, **model_kwargs)
+    except RuntimeError:
+        pass
+    exp.log_params({"manual": {"nested": [1, 2], "none": None}})
+    report = tracelet.stop_logging()
+    assert report.done, report.lines()
+    return {name: stats.location for name, stats in report.backends.items()}, report
+
+
+def test_one_fit_reaches_all_three_backends_with_the_series_csvlogger_records(tmp_path):
+    expected = _oracle("lightning.pytorch", tmp_path)
+    locations, report = _three_backend_run()
+    assert all(report.backends[name].dropped == 0 and report.backends[name].failed == 0 for name in ALL)
+
+    assert_same_series(mlflow_series(locations["mlflow"].run_id), expected)
+    params = mlflow_run(locations["mlflow"].run_id).data.params
+    assert params["lr"] == "0.05" and params["manual/nested"] == "[1, 2]" and params["manual/none"] == "None"
+
+    series, run = wandb_series(locations["wandb"].uri)
+    assert_same_series(series, expected)
+    assert run["name"] == "fanout" and run["project"] == "tiny" and run["exit_code"] == 0
+    assert run["config"]["lr"] == 0.05 and run["config"]["hidden"] == 4
+    assert run["config"]["manual"] == {"nested": [1, 2], "none": None}
+    assert ("*", "trainer/global_step") in run["metrics"]
+
+    series, task = clearml_series(locations["clearml"].uri)
+    assert_same_series(series, expected)
+    assert task["name"] == "fanout" and task["project_name"] == "tiny"
+    general = {k: v["value"] for k, v in task["hyperparams"]["General"].items()}
+    assert general["lr"] == "0.05" and general["manual/nested"] == "[1, 2]"
+    assert "status:finished" in task["tags"]
+
+
+def test_a_failed_fit_is_failed_in_every_backend():
+    locations, report = _three_backend_run(fail_at_step=4)
+    assert report.status == "FAILED"
+    assert mlflow_run(locations["mlflow"].run_id).info.status == "FAILED"
+    assert wandb_series(locations["wandb"].uri)[1]["exit_code"] == 1
+    assert "status:failed" in clearml_series(locations["clearml"].uri)[1]["tags"]
+
+
+def test_artifacts_and_tags_reach_wandb_and_clearml(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    exp = tracelet.start_logging(backend=["wandb", "clearml"])
+    exp.log_artifact(tmp_path / "notes.txt", artifact_path="docs")
+    exp.set_tag("dataset", "cifar10")
+    report = tracelet.stop_logging()
+    wandb_dir = report.backends["wandb"].location.uri
+    assert (tmp_path / wandb_dir / "files" / "docs" / "notes.txt").read_text() == "hello"
+    assert wandb_series(wandb_dir)[1]["config"]["tags"] == {"dataset": "cifar10"}
+    task = clearml_series(report.backends["clearml"].location.uri)[1]
+    assert [a["key"] for a in task["execution"]["artifacts"]] == ["docs/notes.txt"]
+
+
+def test_wandb_renames_what_it_reserves_and_keeps_every_point():
+    exp = tracelet.start_logging(backend="wandb")
+    exp.log_metric("_hidden", 1.0, iteration=1)
+    exp.log_metric("trainer/global_step", 2.0, iteration=1)
+    exp.log_metric("", 3.0, iteration=1)
+    exp.log_metric("late", 4.0, iteration=10)
+    exp.log_metric("late", 5.0, iteration=2)  # a step going backwards: W&B keeps it via our step field
+    series, _ = wandb_series(tracelet.stop_logging().backends["wandb"].location.uri)
+    assert series == {
+        "metric_hidden": [(1, 1.0)],
+        "metric/trainer/global_step": [(1, 2.0)],
+        "unnamed": [(1, 3.0)],
+        "late": [(2, 5.0), (10, 4.0)],
+    }
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        ("train/loss", ("train", "loss")),
+        ("a/b/c", ("a", "b/c")),
+        ("loss", ("loss", "loss")),
+        ("/x", ("x", "x")),
+        ("", ("unnamed", "unnamed")),
+    ],
+)
+def test_clearml_splits_names_into_title_and_series(name, expected):
+    assert title_and_series(name) == expected
+
+
+def test_a_blocking_and_a_raising_backend_cost_mlflow_and_training_nothing():
+    def timed_fit(backends):
+        exp = tracelet.start_logging(project="iso", backend=backends, config={"stop_timeout": 5})
+        trainer = make_trainer(max_epochs=4)
+        started = time.perf_counter()
+        run_tiny_job(trainer=trainer, test=False)
+        elapsed = time.perf_counter() - started
+        at_fit_end = exp.stats()
+        report = tracelet.stop_logging()
+        assert exp.status == "FINISHED"
+        return elapsed, at_fit_end, report
+
+    baseline, _, clean = timed_fit(["mlflow"])
+    elapsed, at_fit_end, report = timed_fit(
+        ["mlflow", "fake_backends:Blocking", "fake_backends:FailingWrite"]
+    )
+    assert report.backends["mlflow"].sent == clean.backends["mlflow"].sent > 0
+    assert report.backends["mlflow"].dropped == 0
+    assert report.backends["FailingWrite"].failed == clean.backends["mlflow"].sent
+    assert at_fit_end["Blocking"].sent < report.backends["Blocking"].sent  # it really was stuck
+    assert elapsed < baseline + 1.5  # the blocking backend sleeps 3 s per batch
+
+
+def _install_plugin(tmp_path, monkeypatch) -> None:
+    """A real installed distribution (dist-info on sys.path) declaring a tracelet.backends entry point."""
+    (tmp_path / "plugin_pkg").mkdir()
+    (tmp_path / "plugin_pkg" / "__init__.py").write_text(
+        "from fake_backends import Recording\n\nclass PluginBackend(Recording):\n    pass\n"
+    )
+    info = tmp_path / "tracelet_plugin_demo-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tracelet-plugin-demo\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[tracelet.backends]\nmyplugin = plugin_pkg:PluginBackend\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert any(ep.name == "myplugin" for ep in importlib.metadata.entry_points(group="tracelet.backends"))
+
+
+def test_a_backend_plugin_registered_by_entry_point_is_found_by_name(tmp_path, monkeypatch):
+    from fake_backends import recorded
+
+    _install_plugin(tmp_path, monkeypatch)
+    exp = tracelet.start_logging(backend=["myplugin", "mlflow"])
+    exp.log_metric("loss", 0.5, iteration=1)
+    report = tracelet.stop_logging()
+    assert report.backends["myplugin"].sent == 1
+    assert ["metric", "loss", 0.5, 1] in recorded("PluginBackend")
+
+
+def test_unknown_backend_lists_builtins_and_installed_plugins(tmp_path, monkeypatch):
+    _install_plugin(tmp_path, monkeypatch)
+    with pytest.raises(ConfigError) as error:
+        tracelet.start_logging(backend="neptune")
+    assert "Available backends: clearml, mlflow, myplugin, wandb" in str(error.value)

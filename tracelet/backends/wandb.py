@@ -1,0 +1,151 @@
+"""Weights & Biases: ``wandb.init(project=project, name=exp_name)`` honouring W&B's own
+environment (``WANDB_MODE``, ``WANDB_DIR``, ``WANDB_API_KEY``, ``WANDB_ENTITY``, ...).
+
+W&B drops points whose ``step`` goes backwards, so — like Lightning's ``WandbLogger`` —
+the trainer step is logged as its own field, ``trainer/global_step``, declared the x-axis of
+every metric with ``define_metric``; W&B's internal ``_step`` just counts rows. Validation,
+epoch-end and late points therefore all survive. Each row keeps the original wall-clock
+time (``_timestamp``). Params go to ``run.config`` (nested), tags to ``config["tags"]``,
+artifacts to the run's files. W&B's console capture and code saving are off (they would see
+the writer process); its system monitor watches the training process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from typing import Any
+
+from tracelet import _log
+from tracelet.backends.base import RunInfo, RunLocation
+from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
+
+log = logging.getLogger(__name__)
+
+STEP_KEY = "trainer/global_step"
+EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 255}
+
+
+class WandbBackend:
+    """The ``wandb`` backend."""
+
+    def __init__(self) -> None:
+        self._run: Any = None
+        self._names: dict[str, str] = {}
+        self._tags: dict[str, str] = {}
+
+    def open(self, run: RunInfo) -> RunLocation:
+        if run.api_key:
+            os.environ.setdefault("WANDB_API_KEY", run.api_key)  # the writer process only
+        if run.backend_url:
+            os.environ.setdefault("WANDB_BASE_URL", run.backend_url)
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+
+        settings = {"console": "off", "save_code": False}
+        if run.pid:
+            settings["x_stats_pid"] = run.pid
+        if run.argv and run.argv[0]:
+            settings["program"] = os.path.abspath(run.argv[0]) if os.path.exists(run.argv[0]) else run.argv[0]
+        self._run = wandb.init(
+            project=run.project,
+            name=run.exp_name,
+            dir=os.environ.get("WANDB_DIR") or os.getcwd(),
+            settings=wandb.Settings(**settings),
+        )
+        self._run.define_metric(STEP_KEY)
+        self._run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
+        return RunLocation("wandb", self._run.id, self._where(), self._view())
+
+    def _where(self) -> str:
+        return self._run.url or os.path.dirname(self._run.dir)
+
+    def _view(self) -> str:
+        if self._run.offline:
+            return f"wandb sync {os.path.dirname(self._run.dir)}"
+        return self._run.url
+
+    def write(self, batch: list[Event]) -> dict[str, int]:
+        rejected: dict[str, int] = {}
+        row: dict[str, Any] = {}
+        row_key: tuple[int | None, float] | None = None
+        for event in batch:
+            if isinstance(event, Metric):
+                name = self._name(event.name)
+                key = (event.step, event.timestamp)
+                if row_key != key or name in row:  # one row per Lightning log_metrics call
+                    self._log_row(row, row_key)
+                    row, row_key = {}, key
+                row[name] = event.value
+                continue
+            self._log_row(row, row_key)
+            row, row_key = {}, None
+            if isinstance(event, Params):
+                self._run.config.update(event.values, allow_val_change=True)
+            elif isinstance(event, Tags):
+                self._tags.update(event.values)
+                self._run.config.update({"tags": dict(self._tags)}, allow_val_change=True)
+            elif isinstance(event, Artifact):
+                if not self._save_artifact(event):
+                    rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
+            elif not isinstance(event, RunEnd):
+                rejected["unknown event type"] = rejected.get("unknown event type", 0) + 1
+        self._log_row(row, row_key)
+        return rejected
+
+    def close(self, status: str) -> None:
+        self._run.summary["tracelet/status"] = status
+        self._run.finish(exit_code=EXIT_CODES.get(status, 1))
+
+    # -- internals ----------------------------------------------------------------------
+    def _log_row(self, row: dict[str, Any], key: tuple[int | None, float] | None) -> None:
+        if not row or key is None:
+            return
+        step, timestamp = key
+        if step is not None:
+            row[STEP_KEY] = step
+        row["_timestamp"] = timestamp
+        self._run.log(row)
+
+    def _name(self, name: str) -> str:
+        """W&B reserves names starting with ``_`` and our step field; empty names are invalid."""
+        key = self._names.get(name)
+        if key is None:
+            key = name
+            if not name:
+                key = "unnamed"
+            elif name.startswith("_") or name == STEP_KEY:
+                key = "metric" + name if name.startswith("_") else "metric/" + name
+            self._names[name] = key
+            if key != name:
+                _log.warn_once(
+                    f"wandb-key:{name}",
+                    "W&B reserves the metric name %r; it is logged as %r",
+                    name,
+                    key,
+                    log=log,
+                )
+        return key
+
+    def _save_artifact(self, event: Artifact) -> bool:
+        if not os.path.exists(event.path):
+            _log.warn_once(
+                f"wandb-artifact:{event.path}",
+                "artifact %r no longer exists; not saved to W&B",
+                event.path,
+                log=log,
+            )
+            return False
+        target_dir = os.path.join(self._run.dir, event.artifact_path or "")
+        target = os.path.join(target_dir, os.path.basename(event.path.rstrip(os.sep)))
+        os.makedirs(target_dir, exist_ok=True)
+        if os.path.isdir(event.path):
+            shutil.copytree(event.path, target, dirs_exist_ok=True)
+            paths = [os.path.join(d, f) for d, _, files in os.walk(target) for f in files]
+        else:
+            shutil.copy2(event.path, target)
+            paths = [target]
+        for path in paths:
+            self._run.save(path, base_path=self._run.dir, policy="now")
+        return True
