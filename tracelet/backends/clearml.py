@@ -46,7 +46,7 @@ _NO_AUTOMATION = {
 
 
 def title_and_series(name: str) -> tuple[str, str]:
-    """``train/loss`` -> (``train``, ``loss``); ``a/b/c`` -> (``a``, ``b/c``); ``loss`` -> (``loss``, ``loss``)."""
+    """``train/loss`` -> (``train``, ``loss``); ``a/b/c`` -> (``a``, ``b/c``); ``loss`` -> twice ``loss``."""
     title, _, series = name.partition("/")
     if not title or not series:
         plain = name.strip("/") or "unnamed"
