@@ -25,13 +25,22 @@ CONFIGS = {
     "logger=False": "the baseline: Lightning computes and reduces every self.log, nobody records it",
     "CSVLogger": "Lightning's CSVLogger",
     "MLFlowLogger": "Lightning's MLFlowLogger on a local SQLite store",
+    "WandbLogger": "Lightning's WandbLogger, W&B offline",
     "tracelet-mlflow": "logger=False + tracelet.start_logging() -> MLflow on a local SQLite store",
+    "tracelet-3": "logger=False + tracelet -> MLflow (SQLite) + W&B (offline) + ClearML (offline)",
 }
+TRACELET_BACKENDS = {"tracelet-mlflow": ["mlflow"], "tracelet-3": ["mlflow", "wandb", "clearml"]}
 
 
 def _job(config: str, steps: int, workdir: str) -> dict:
     """Runs inside the measurement process."""
     os.chdir(workdir)
+    os.environ.update(
+        WANDB_MODE="offline",
+        WANDB_SILENT="true",
+        CLEARML_OFFLINE_MODE="1",
+        CLEARML_CACHE_DIR=os.path.join(workdir, "clearml"),
+    )
     import lightning.pytorch as pl
     import torch
     from torch.utils.data import DataLoader, TensorDataset
@@ -78,18 +87,24 @@ def _job(config: str, steps: int, workdir: str) -> dict:
     elif config == "MLFlowLogger":
         logger = pl.loggers.MLFlowLogger(tracking_uri=f"sqlite:///{os.path.abspath('mlflow.db')}")
         result["fit"] = fit(steps, logger)
-    elif config == "tracelet-mlflow":
+    elif config == "WandbLogger":
+        result["fit"] = fit(steps, pl.loggers.WandbLogger(project="bench", save_dir=workdir))
+        import wandb
+
+        wandb.finish()
+    elif config in TRACELET_BACKENDS:
         import tracelet
 
         started = time.perf_counter()
-        tracelet.start_logging(exp_name="bench", project="bench")
+        tracelet.start_logging(exp_name="bench", project="bench", backend=TRACELET_BACKENDS[config])
         result["start"] = time.perf_counter() - started
         result["fit"] = fit(steps, False)
         started = time.perf_counter()
         report = tracelet.stop_logging()
         result["stop"] = time.perf_counter() - started
-        stats = report.backends["mlflow"]
-        result["sent"], result["dropped"] = stats.sent, stats.dropped
+        result["sent"] = {name: stats.sent for name, stats in report.backends.items()}
+        result["dropped"] = sum(stats.dropped + stats.failed for stats in report.backends.values())
+        result["done"] = report.done
     return result
 
 
@@ -109,6 +124,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        choices=list(CONFIGS),
+        default=list(CONFIGS),
+        help="measure only these (logger=False is always measured)",
+    )
     parser.add_argument("--one", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -116,15 +138,16 @@ def main() -> None:
         print(json.dumps(_job(args.one, args.steps, args.workdir)))
         return
 
-    samples: dict[str, list[dict]] = {name: [] for name in CONFIGS}
+    chosen = ["logger=False", *(c for c in args.configs if c != "logger=False")]
+    samples: dict[str, list[dict]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as root:
-        for store in ("mlflow-logger", "tracelet"):
-            os.makedirs(os.path.join(root, store))
+        for name in CONFIGS:
+            os.makedirs(os.path.join(root, name))
         for round_index in range(args.rounds):
-            order = list(CONFIGS)
+            order = list(chosen)
             random.Random(round_index).shuffle(order)
             for name in order:
-                workdir = os.path.join(root, "tracelet" if name == "tracelet-mlflow" else "mlflow-logger")
+                workdir = os.path.join(root, name)
                 samples[name].append(_measure(name, args.steps, workdir))
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
 
@@ -134,22 +157,24 @@ def main() -> None:
         f"median of {args.rounds} interleaved rounds"
     )
     print(f"{'configuration':<18} {'fit median (s)':>15} {'ratio':>7}   runs (s)")
-    for name in CONFIGS:
+    for name in chosen:
         fits = [s["fit"] for s in samples[name]]
         median = statistics.median(fits)
         runs = " ".join(f"{f:.2f}" for f in fits)
         print(f"{name:<18} {median:>15.3f} {median / baseline:>6.2f}x   {runs}")
-    lifecycle = [s["start"] + s["stop"] for s in samples["tracelet-mlflow"]]
-    starts = [s["start"] for s in samples["tracelet-mlflow"]]
-    stops = [s["stop"] for s in samples["tracelet-mlflow"]]
-    print(
-        f"\ntracelet start_logging median {statistics.median(starts):.3f}s, stop_logging median "
-        f"{statistics.median(stops):.3f}s, together median {statistics.median(lifecycle):.3f}s "
-        f"(max {max(lifecycle):.3f}s)"
-    )
-    sent = {s["sent"] for s in samples["tracelet-mlflow"]}
-    dropped = sum(s["dropped"] for s in samples["tracelet-mlflow"])
-    print(f"tracelet events sent per run: {sorted(sent)}, dropped in all runs: {dropped}")
+    for name in (n for n in TRACELET_BACKENDS if n in samples):
+        runs = samples[name]
+        lifecycle = [s["start"] + s["stop"] for s in runs]
+        print(
+            f"\n{name}: start_logging median {statistics.median(s['start'] for s in runs):.3f}s, "
+            f"stop_logging median {statistics.median(s['stop'] for s in runs):.3f}s, together median "
+            f"{statistics.median(lifecycle):.3f}s (max {max(lifecycle):.3f}s); all flushed in time: "
+            f"{all(s['done'] for s in runs)}"
+        )
+        sent = sorted({tuple(sorted(s["sent"].items())) for s in runs})
+        print(
+            f"  events sent per run: {sent}; dropped or failed in all runs: {sum(s['dropped'] for s in runs)}"
+        )
 
 
 if __name__ == "__main__":

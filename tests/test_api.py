@@ -205,3 +205,23 @@ def test_writer_thread_mode_delivers_the_same(tmp_path):
     exp.log_metric("loss", 3.0, iteration=7)
     report = tracelet.stop_logging()
     assert mlflow_series(report.backends["mlflow"].location.run_id) == {"loss": [(7, 3.0)]}
+
+
+def test_repeated_runs_leave_no_threads_writer_processes_or_patches_behind():
+    import threading
+    import time
+
+    import psutil
+
+    def tracelet_threads():
+        return [t.name for t in threading.enumerate() if t.name.startswith("tracelet")]
+
+    for _ in range(5):
+        exp = tracelet.start_logging(backend="fake_backends:Recording")
+        exp.log_metric("loss", 1.0)
+        tracelet.stop_logging()
+    deadline = time.monotonic() + 20
+    while (tracelet_threads() or psutil.Process().children()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tracelet_threads() == []
+    assert psutil.Process().children() == []  # writers exited and were reaped: no zombies

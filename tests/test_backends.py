@@ -165,3 +165,24 @@ def test_unknown_backend_lists_builtins_and_installed_plugins(tmp_path, monkeypa
     with pytest.raises(ConfigError) as error:
         tracelet.start_logging(backend="neptune")
     assert "Available backends: clearml, mlflow, myplugin, wandb" in str(error.value)
+
+
+def test_nan_and_inf_in_each_backend_stored_or_counted_never_silently_changed(caplog):
+    import math
+    import sys
+
+    exp = tracelet.start_logging(backend=ALL)
+    for i, value in enumerate([math.nan, math.inf, -math.inf, 1.5]):
+        exp.log_metric("weird", value, iteration=i)
+    report = tracelet.stop_logging()
+    mlflow_points = mlflow_series(report.backends["mlflow"].location.run_id)["weird"]
+    assert math.isnan(mlflow_points[0][1]) and mlflow_points[1:] == [
+        (1, sys.float_info.max),
+        (2, -sys.float_info.max),
+        (3, 1.5),
+    ]
+    wandb_points = wandb_series(report.backends["wandb"].location.uri)[0]["weird"]
+    assert math.isnan(wandb_points[0][1]) and wandb_points[1:] == [(1, math.inf), (2, -math.inf), (3, 1.5)]
+    assert clearml_series(report.backends["clearml"].location.uri)[0] == {"weird": [(3, 1.5)]}
+    assert report.backends["clearml"].reasons == {"non-finite value": 3}
+    assert caplog.text.count("ClearML cannot store NaN/inf") == 1

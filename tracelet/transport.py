@@ -106,6 +106,8 @@ class ProcessTransport:
         """Close our end of the data pipe: the writer finishes on its own deadline."""
         with contextlib.suppress(OSError):  # the writer may be gone already; nothing to tell it
             self._stream.close()
+        # reap the writer when it exits (it finishes on its own deadline), leaving no zombie
+        threading.Thread(target=self._process.wait, name="tracelet-reaper", daemon=True).start()
 
     def wait(self, timeout: float) -> int | None:
         try:

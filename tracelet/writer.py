@@ -21,6 +21,7 @@ from tracelet.dispatcher import Dispatcher, Reply
 from tracelet.events import KILLED
 from tracelet.transport import read_frame, write_frame
 
+WRITER_NICENESS = 10
 ABANDON_GRACE_S = 30.0  # how long backends may take to close after the training process vanished
 
 
@@ -52,6 +53,8 @@ class _ForwardWarnings(logging.Handler):
 def main(argv: list[str]) -> int:
     data_fd, reply_fd = int(argv[0]), int(argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only EOF or a shutdown request end the writer
+    with contextlib.suppress(OSError):  # on a busy machine, training gets the CPU first; we catch up
+        os.nice(WRITER_NICENESS)
     channel = _ReplyChannel(reply_fd)
     logger = logging.getLogger(_log.LOGGER_NAME)
     logger.addHandler(_ForwardWarnings(channel))

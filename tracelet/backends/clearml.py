@@ -13,10 +13,12 @@ process). ``train/loss`` becomes title ``train``, series ``loss``; params go to 
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from tracelet import _log
 from tracelet.backends.base import RunInfo, RunLocation
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 
@@ -104,6 +106,16 @@ class ClearMLBackend:
         rejected: dict[str, int] = {}
         for event in batch:
             if isinstance(event, Metric):
+                if not math.isfinite(event.value):
+                    # ClearML would report NaN/inf as 0.0 (its server cannot store them): a lie
+                    rejected["non-finite value"] = rejected.get("non-finite value", 0) + 1
+                    _log.warn_once(
+                        f"clearml-nonfinite:{event.name}",
+                        "ClearML cannot store NaN/inf; such points of %r are dropped (counted)",
+                        event.name,
+                        log=log,
+                    )
+                    continue
                 title, series = title_and_series(event.name)
                 step = event.step if event.step is not None else 0
                 self._logger.report_scalar(title, series, event.value, iteration=step)
