@@ -27,9 +27,10 @@ CONFIGS = {
     "MLFlowLogger": "Lightning's MLFlowLogger on a local SQLite store",
     "WandbLogger": "Lightning's WandbLogger, W&B offline",
     "tracelet-mlflow": "logger=False + tracelet.start_logging() -> MLflow on a local SQLite store",
-    "tracelet-3": "logger=False + tracelet -> MLflow (SQLite) + W&B (offline) + ClearML (offline)",
+    "tracelet-3": "logger=False + tracelet -> MLflow + W&B + ClearML (offline), system metrics every 1 s",
 }
 TRACELET_BACKENDS = {"tracelet-mlflow": ["mlflow"], "tracelet-3": ["mlflow", "wandb", "clearml"]}
+TRACELET_CONFIG = {"tracelet-mlflow": {}, "tracelet-3": {"metrics_interval": 1}}
 
 
 def _job(config: str, steps: int, workdir: str) -> dict:
@@ -96,7 +97,12 @@ def _job(config: str, steps: int, workdir: str) -> dict:
         import tracelet
 
         started = time.perf_counter()
-        tracelet.start_logging(exp_name="bench", project="bench", backend=TRACELET_BACKENDS[config])
+        tracelet.start_logging(
+            exp_name="bench",
+            project="bench",
+            backend=TRACELET_BACKENDS[config],
+            config=TRACELET_CONFIG[config],
+        )
         result["start"] = time.perf_counter() - started
         result["fit"] = fit(steps, False)
         started = time.perf_counter()

@@ -133,7 +133,7 @@ def assert_same_series(actual: Series, expected: Series) -> None:
             assert a == b or (math.isnan(a) and math.isnan(b)), f"{key} at step {step}: {a} != {b}"
 
 
-WANDB_INTERNAL = {"_step", "_runtime", "_timestamp", "trainer/global_step"}
+WANDB_INTERNAL = {"_step", "_runtime", "_timestamp", "trainer/global_step", "system/sample"}
 
 
 def wandb_series(run_dir: str) -> tuple[Series, dict]:
@@ -145,7 +145,8 @@ def wandb_series(run_dir: str) -> tuple[Series, dict]:
     for row in run["history"]:
         for key, value in row.items():
             if key not in WANDB_INTERNAL:
-                series[key].append((row["trainer/global_step"], float(value)))
+                axis = "system/sample" if key.startswith("system/") else "trainer/global_step"
+                series[key].append((row[axis], float(value)))
     return {k: sorted(v) for k, v in series.items()}, run
 
 

@@ -50,7 +50,8 @@ def test_one_fit_reaches_all_three_backends_with_the_series_csvlogger_records(tm
     assert run["name"] == "fanout" and run["project"] == "tiny" and run["exit_code"] == 0
     assert run["config"]["lr"] == 0.05 and run["config"]["hidden"] == 4
     assert run["config"]["manual"] == {"nested": [1, 2], "none": None}
-    assert ("*", "trainer/global_step") in run["metrics"]
+    assert ("train/loss_step", "trainer/global_step") in run["metrics"]
+    assert ("system/*", "system/sample") in run["metrics"]
 
     series, task = clearml_series(locations["clearml"].uri)
     assert_same_series(series, expected)

@@ -114,3 +114,13 @@ def test_readme_configuration_table_matches_the_settings_the_code_accepts():
     rows = [line for line in readme.splitlines() if line.startswith("| `") and "TRACELET_" in line]
     documented = {(row.split("|")[1].strip(" `"), row.split("|")[2].strip(" `")) for row in rows}
     assert documented == {(option.key, option.env) for option in OPTIONS}
+
+
+@pytest.mark.parametrize("value", ["0.5", "soon", 0, True])
+def test_metrics_interval_must_be_at_least_one_second(value):
+    with pytest.raises(ConfigError) as error:
+        resolve({}, {"metrics_interval": value}, {})
+    assert (
+        "for 'metrics_interval' (from config['metrics_interval']): expected a number of seconds, at least 1"
+        in str(error.value)
+    )

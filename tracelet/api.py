@@ -31,6 +31,7 @@ log = _log.get_logger("tracelet")
 _lock = threading.RLock()
 _active: Experiment | None = None
 _instrumentors: list[Any] = []  # Instrumentor; imported lazily (wrapt) to keep `import tracelet` cheap
+_collectors: list[Any] = []
 _atexit_registered = False
 _previous_excepthook: Any = None
 _previous_sigterm: Any = None
@@ -124,6 +125,12 @@ def _activate(experiment: Experiment) -> None:
         _instrumentors.append(LightningInstrumentor(experiment, Safety(experiment.settings.strict)))
     for instrumentor in _instrumentors:
         instrumentor.instrument()
+    if experiment.is_recording and experiment.settings.track_system:
+        from tracelet.collectors.system import SystemCollector
+
+        _collectors.append(SystemCollector(experiment, experiment.settings.metrics_interval))
+    for collector in _collectors:
+        collector.start()
     if not _atexit_registered:
         atexit.register(_stop_at_exit)
         _atexit_registered = True
@@ -131,6 +138,8 @@ def _activate(experiment: Experiment) -> None:
 
 
 def _deactivate() -> None:
+    while _collectors:
+        _collectors.pop().stop()
     while _instrumentors:
         _instrumentors.pop().uninstrument()
     _remove_exit_hooks()

@@ -68,6 +68,21 @@ def _positive(kind: Callable[[Any], Any], name: str) -> Callable[[Any], Any]:
     return parse
 
 
+def _at_least(minimum: float, unit: str) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number of {unit}, at least {minimum:g}")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"expected a number of {unit}, at least {minimum:g}") from None
+        if not number >= minimum:
+            raise ValueError(f"expected a number of {unit}, at least {minimum:g}")
+        return number
+
+    return parse
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if isinstance(value, str) and value.strip().lower() in choices:
@@ -132,6 +147,20 @@ OPTIONS: tuple[Option, ...] = (
         "Capture PyTorch Lightning metrics and hyperparameters.",
     ),
     Option(
+        "track_system",
+        "TRACELET_TRACK_SYSTEM",
+        True,
+        _parse_bool,
+        "Sample CPU, memory, disk, network, the training process and GPUs (system/... metrics).",
+    ),
+    Option(
+        "metrics_interval",
+        "TRACELET_METRICS_INTERVAL",
+        10.0,
+        _at_least(1.0, "seconds"),
+        "Seconds between system metric samples (at least 1).",
+    ),
+    Option(
         "strict",
         "TRACELET_STRICT",
         False,
@@ -171,6 +200,8 @@ class Settings:
     api_key: str | None = dataclasses.field(repr=False)
     backend_url: str | None
     track_lightning: bool
+    track_system: bool
+    metrics_interval: float
     strict: bool
     queue_size: int
     stop_timeout: float

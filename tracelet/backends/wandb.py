@@ -3,7 +3,8 @@ environment (``WANDB_MODE``, ``WANDB_DIR``, ``WANDB_API_KEY``, ``WANDB_ENTITY``,
 
 W&B drops points whose ``step`` goes backwards, so — like Lightning's ``WandbLogger`` —
 the trainer step is logged as its own field, ``trainer/global_step``, declared the x-axis of
-every metric with ``define_metric``; W&B's internal ``_step`` just counts rows. Validation,
+every training metric with ``define_metric``; W&B's internal ``_step`` just counts rows.
+System metrics (``system/...``) have their own axis, ``system/sample``. Validation,
 epoch-end and late points therefore all survive. Each row keeps the original wall-clock
 time (``_timestamp``). Params go to ``run.config`` (nested), tags to ``config["tags"]``,
 artifacts to the run's files. W&B's console capture and code saving are off (they would see
@@ -24,6 +25,8 @@ from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 log = logging.getLogger(__name__)
 
 STEP_KEY = "trainer/global_step"
+SYSTEM_PREFIX = "system/"
+SYSTEM_STEP_KEY = "system/sample"  # system metrics count samples, never trainer steps
 EXIT_CODES = {"FINISHED": 0, "FAILED": 1, "KILLED": 255}
 
 
@@ -55,7 +58,8 @@ class WandbBackend:
             settings=wandb.Settings(**settings),
         )
         self._run.define_metric(STEP_KEY)
-        self._run.define_metric("*", step_metric=STEP_KEY, step_sync=True)
+        self._run.define_metric(SYSTEM_STEP_KEY)
+        self._run.define_metric(SYSTEM_PREFIX + "*", step_metric=SYSTEM_STEP_KEY)
         return RunLocation("wandb", self._run.id, self._where(), self._view())
 
     def _where(self) -> str:
@@ -104,7 +108,8 @@ class WandbBackend:
             return
         step, timestamp = key
         if step is not None:
-            row[STEP_KEY] = step
+            system = all(name.startswith(SYSTEM_PREFIX) for name in row)
+            row[SYSTEM_STEP_KEY if system else STEP_KEY] = step
         row["_timestamp"] = timestamp
         self._run.log(row)
 
@@ -115,9 +120,12 @@ class WandbBackend:
             key = name
             if not name:
                 key = "unnamed"
-            elif name.startswith("_") or name == STEP_KEY:
+            elif name.startswith("_") or name in (STEP_KEY, SYSTEM_STEP_KEY):
                 key = "metric" + name if name.startswith("_") else "metric/" + name
             self._names[name] = key
+            if not key.startswith(SYSTEM_PREFIX):
+                # an explicit definition, which W&B prefers over the system/* glob
+                self._run.define_metric(key, step_metric=STEP_KEY, step_sync=True)
             if key != name:
                 _log.warn_once(
                     f"wandb-key:{name}",
