@@ -18,8 +18,10 @@ def _isolated_run(tmp_path, monkeypatch):
         if name.startswith(("TRACELET_", "MLFLOW_", "WANDB_", "CLEARML_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("TRACELET_STRICT", "1")
-    # system metrics interleave with what most tests count exactly; tests of them turn them on
+    # collectors add events that most tests count exactly; the tests of collectors turn them on
     monkeypatch.setenv("TRACELET_TRACK_SYSTEM", "0")
+    monkeypatch.setenv("TRACELET_TRACK_GIT", "0")
+    monkeypatch.setenv("TRACELET_TRACK_ENV", "0")
     # every backend stays local: W&B offline, ClearML offline, both writing under the test's directory
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

@@ -79,7 +79,7 @@ def start_logging(
             api_key=settings.api_key,
             backend_url=settings.backend_url,
             started_at=time.time(),
-            settings=settings.public(),
+            settings={**settings.public(), "env_extra": _torch_runtime() if settings.track_env else {}},
             pid=os.getpid(),
             argv=tuple(sys.argv),
         )
@@ -143,6 +143,12 @@ def _deactivate() -> None:
     while _instrumentors:
         _instrumentors.pop().uninstrument()
     _remove_exit_hooks()
+
+
+def _torch_runtime() -> dict[str, str]:
+    from tracelet.collectors.environment import torch_runtime
+
+    return torch_runtime()
 
 
 def _is_global_zero() -> bool:

@@ -161,6 +161,20 @@ OPTIONS: tuple[Option, ...] = (
         "Seconds between system metric samples (at least 1).",
     ),
     Option(
+        "track_git",
+        "TRACELET_TRACK_GIT",
+        True,
+        _parse_bool,
+        "Record the git commit, branch, dirty flag, remote (credentials removed) and uncommitted diff.",
+    ),
+    Option(
+        "track_env",
+        "TRACELET_TRACK_ENV",
+        True,
+        _parse_bool,
+        "Record Python, platform, host, command line, framework versions, packages and argparse args.",
+    ),
+    Option(
         "strict",
         "TRACELET_STRICT",
         False,
@@ -202,6 +216,8 @@ class Settings:
     track_lightning: bool
     track_system: bool
     metrics_interval: float
+    track_git: bool
+    track_env: bool
     strict: bool
     queue_size: int
     stop_timeout: float

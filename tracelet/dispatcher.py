@@ -7,6 +7,8 @@ and on a thread of the training process (``writer="thread"``).
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -48,6 +50,7 @@ class Dispatcher:
         self._reply = reply
         self._workers: list[BackendWorker] = []
         self._ended = False
+        self._scratch = ""
 
     def handle(self, items: Sequence[Any]) -> None:
         """Route a chunk of the stream: runs of events to every worker, controls in order."""
@@ -93,15 +96,24 @@ class Dispatcher:
             log.warning("ignoring an unknown control request %r", control.kind)
 
     def _start(self, init: Init) -> None:
+        from tracelet.collectors import context
+
+        self._scratch = tempfile.mkdtemp(prefix="tracelet-")
+        try:
+            run, first_events = context.gather(init.run, self._scratch)
+        except Exception as err:  # context is a bonus; the run goes on without it
+            log.warning("could not gather git/environment context: %s: %s", type(err).__name__, err)
+            run, first_events = init.run, []
         for spec in init.backends:
             worker = BackendWorker(
                 spec.name,
                 lambda spec=spec: base.load(spec),
-                init.run,
+                run,
                 init.capacity,
                 on_opened=lambda stats: self._reply(Reply("opened", 0, {stats.name: stats}, True)),
             )
             self._workers.append(worker)
+            worker.submit(first_events)
             worker.start()
 
     def _answer_when(self, control: Control, kind: str, events: list[threading.Event]) -> None:
@@ -116,6 +128,8 @@ class Dispatcher:
         for event in events:
             event.wait(max(0.0, control.deadline - time.time()))
         done = all(event.is_set() for event in events)
+        if kind == "closed" and all(w.finished.is_set() for w in self._workers) and self._scratch:
+            shutil.rmtree(self._scratch, ignore_errors=True)  # every backend has copied its artifacts
         return Reply(kind, control.token, self.stats(), done)
 
     def stats(self) -> dict[str, BackendStats]:

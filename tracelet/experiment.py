@@ -14,6 +14,7 @@ from tracelet.backends.base import RunInfo, RunLocation
 from tracelet.bus import DeferredMetrics, EventBus, Outcome
 from tracelet.config import Settings
 from tracelet.events import FAILED, FINISHED, KILLED, Artifact, Metric, Params, Tags
+from tracelet.secrets import redact_params
 from tracelet.values import to_float, to_plain, to_step
 from tracelet.worker import BackendStats
 
@@ -105,10 +106,14 @@ class Experiment:
         self._bus.emit(point)
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        """Record hyperparameters; nested dicts are kept, each backend flattens them its own way."""
+        """Record hyperparameters; nested dicts are kept, each backend flattens them its own way.
+
+        Values under secret-looking names (``api_key``, ``hf_token``, ``db_password``...) are stored
+        as ``***``.
+        """
         if self._bus is None or not params:
             return
-        self._bus.emit(Params(to_plain(dict(params))))
+        self._bus.emit(Params(redact_params(to_plain(dict(params)))))
 
     def set_tag(self, key: str, value: Any) -> None:
         self.set_tags({key: value})

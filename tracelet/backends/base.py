@@ -40,6 +40,7 @@ class RunInfo(NamedTuple):
     settings: Mapping[str, Any]  # public settings, no secrets
     pid: int = 0  # the training process (backends run in the writer process)
     argv: tuple[str, ...] = ()  # the training process's command line
+    git: Any = None  # collectors.git.GitInfo, filled in by the writer before backends open
 
 
 class RunLocation(NamedTuple):

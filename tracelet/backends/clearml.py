@@ -92,6 +92,8 @@ class ClearMLBackend:
             auto_connect_streams=False,
         )
         self._task.set_user_properties(tracelet_run_uid=run.run_uid)
+        if run.git is not None:
+            self._set_repository(run)
         self._logger = self._task.get_logger()
         offline = Task.is_offline()
         where = self._task.get_offline_mode_folder() if offline else self._task.get_output_log_web_page()
@@ -101,6 +103,23 @@ class ClearMLBackend:
             else str(where)
         )
         return RunLocation("clearml", self._task.id, str(where), view)
+
+    def _set_repository(self, run: RunInfo) -> None:
+        """ClearML's repository fields, from tracelet's own git reading (its detection is off, so the
+        task has no script section yet and ``set_script`` cannot be used)."""
+        from clearml.backend_api.services import tasks
+
+        git = run.git
+        script = tasks.Script(
+            repository=git.remote or "",
+            branch=git.branch or "",
+            version_num=git.commit or "",
+            diff=git.diff,
+            working_dir=os.path.relpath(os.getcwd(), git.root) if git.root else ".",
+            entry_point=os.path.basename(run.argv[0]) if run.argv else "",
+            binary="python",
+        )
+        self._task._update_script(script=script)
 
     def write(self, batch: list[Event]) -> dict[str, int]:
         rejected: dict[str, int] = {}

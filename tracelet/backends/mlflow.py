@@ -9,6 +9,7 @@ Names MLflow refuses are sanitized (one warning per name), params are flattened 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -132,7 +133,7 @@ class MLflowBackend:
         experiment_id = self._experiment_id(
             run.project or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
         )
-        tags = {"tracelet.run_uid": run.run_uid}
+        tags = {"tracelet.run_uid": run.run_uid, **_native_tags(run)}
         created = self._client.create_run(
             experiment_id, start_time=int(run.started_at * 1000), tags=tags, run_name=run.exp_name
         )
@@ -266,6 +267,26 @@ class MLflowBackend:
             self._client.log_artifacts(self._run_id, event.path, event.artifact_path)
         else:
             self._client.log_artifact(self._run_id, event.path, event.artifact_path)
+
+
+def _native_tags(run: RunInfo) -> dict[str, str]:
+    """MLflow's own source and git tags, as its fluent API would set them."""
+    import getpass
+
+    tags = {"mlflow.source.type": "LOCAL"}
+    if run.argv and run.argv[0]:
+        tags["mlflow.source.name"] = run.argv[0]
+    with contextlib.suppress(Exception):  # no user name in this container: no tag
+        tags["mlflow.user"] = getpass.getuser()
+    git = run.git
+    if git is not None:
+        if git.commit:
+            tags["mlflow.source.git.commit"] = git.commit
+        if git.branch:
+            tags["mlflow.source.git.branch"] = git.branch
+        if git.remote:
+            tags["mlflow.source.git.repoURL"] = git.remote
+    return tags
 
 
 def _truncate(text: str, limit: int, kind: str, name: str) -> str:

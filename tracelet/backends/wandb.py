@@ -49,6 +49,12 @@ class WandbBackend:
         settings = {"console": "off", "save_code": False}
         if run.pid:
             settings["x_stats_pid"] = run.pid
+        if run.git is not None:  # W&B's own git detection keeps tokens that sit in a remote's user name
+            settings.update(disable_git=True, git_root=run.git.root)
+            if run.git.commit:
+                settings["git_commit"] = run.git.commit
+            if run.git.remote:
+                settings["git_remote_url"] = run.git.remote
         if run.argv and run.argv[0]:
             settings["program"] = os.path.abspath(run.argv[0]) if os.path.exists(run.argv[0]) else run.argv[0]
         self._run = wandb.init(

@@ -1,0 +1,41 @@
+"""The run's context, gathered once in the writer before the backends open: git state and
+environment, handed to backends in ``RunInfo.git`` (for their native fields) and as the
+first events of the run (tags, the uncommitted diff, the package list)."""
+
+from __future__ import annotations
+
+import os
+
+from tracelet.backends.base import RunInfo
+from tracelet.collectors import environment, git
+from tracelet.events import Artifact, Event, Tags
+
+
+def gather(run: RunInfo, scratch: str) -> tuple[RunInfo, list[Event]]:
+    events: list[Event] = []
+    if run.settings.get("track_git", True):
+        info = git.collect(os.getcwd())
+        if info is not None:
+            run = run._replace(git=info)
+            tags = {
+                "git.commit": info.commit or "",
+                "git.branch": info.branch or "(detached HEAD)",
+                "git.dirty": str(info.dirty),
+                "git.remote": info.remote or "",
+                "git.root": info.root,
+            }
+            events.append(Tags(tags))
+            if info.diff:
+                path = os.path.join(scratch, "uncommitted.diff")
+                with open(path, "w", encoding="utf-8") as handle:
+                    handle.write(info.diff)
+                    if info.diff_truncated:
+                        handle.write(f"\n# tracelet: diff truncated at {git.MAX_DIFF_BYTES} bytes\n")
+                events.append(Artifact(path, "git"))
+    if run.settings.get("track_env", True):
+        events.append(Tags(environment.describe(run.argv, run.settings.get("env_extra"))))
+        path = os.path.join(scratch, "requirements.txt")
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.write(environment.requirements())
+        events.append(Artifact(path, "environment"))
+    return run, events
