@@ -22,6 +22,7 @@ def _isolated_run(tmp_path, monkeypatch):
     monkeypatch.setenv("TRACELET_TRACK_SYSTEM", "0")
     monkeypatch.setenv("TRACELET_TRACK_GIT", "0")
     monkeypatch.setenv("TRACELET_TRACK_ENV", "0")
+    monkeypatch.setenv("TRACELET_TRACK_CONSOLE", "0")
     # every backend stays local: W&B offline, ClearML offline, both writing under the test's directory
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

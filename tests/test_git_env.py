@@ -161,3 +161,23 @@ def test_no_planted_secret_reaches_any_stored_byte(repo, tmp_path):
     assert any(p.name == "mlflow.db" for p in stored) and any(p.suffix == ".wandb" for p in stored)
     leaks = [str(p) for p in stored if SECRET.encode() in p.read_bytes()]
     assert leaks == []
+
+
+def test_argparse_values_become_args_params_with_secrets_redacted(monkeypatch):
+    import argparse
+
+    original = vars(argparse.ArgumentParser)["parse_known_args"]
+    monkeypatch.setenv("TRACELET_TRACK_ENV", "1")
+    tracelet.start_logging(backend="fake_backends:Recording")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--wandb-api-key")
+    sub = parser.add_subparsers(dest="command")
+    sub.add_parser("train").add_argument("--epochs", type=int, default=3)
+    parser.parse_args(["--lr", "0.5", "--wandb-api-key", "sk-xyz", "train", "--epochs", "7"])
+    tracelet.stop_logging()
+    from fake_backends import recorded
+
+    params = [line[1] for line in recorded() if line[0] == "Params"]
+    assert params == [{"args": {"lr": 0.5, "wandb_api_key": "***", "command": "train", "epochs": 7}}]
+    assert vars(argparse.ArgumentParser)["parse_known_args"] is original

@@ -32,6 +32,7 @@ _lock = threading.RLock()
 _active: Experiment | None = None
 _instrumentors: list[Any] = []  # Instrumentor; imported lazily (wrapt) to keep `import tracelet` cheap
 _collectors: list[Any] = []
+_console: Any = None  # ConsoleCapture of the active run
 _atexit_registered = False
 _previous_excepthook: Any = None
 _previous_sigterm: Any = None
@@ -102,8 +103,11 @@ def stop_logging(timeout: float | None = None) -> RunReport | None:
         if experiment is None:
             return None
         _active = None
+        console = _stop_console(experiment)
         _deactivate()
         report = experiment._end(experiment.settings.stop_timeout if timeout is None else timeout)
+        if console is not None and report.done:
+            console.cleanup()  # every backend has its copy
     if experiment.is_recording or report.backends:
         for line in report.lines():
             log.info(line)
@@ -116,13 +120,21 @@ def get_active_experiment() -> Experiment | None:
 
 
 def _activate(experiment: Experiment) -> None:
-    global _active, _atexit_registered
+    global _active, _atexit_registered, _console
     _active = experiment
-    if experiment.is_recording and experiment.settings.track_lightning:
+    settings = experiment.settings
+    if experiment.is_recording and (settings.track_lightning or settings.track_env):
         from tracelet.instrumentation.base import Safety
-        from tracelet.instrumentation.lightning import LightningInstrumentor
 
-        _instrumentors.append(LightningInstrumentor(experiment, Safety(experiment.settings.strict)))
+        safety = Safety(settings.strict)
+        if settings.track_lightning:
+            from tracelet.instrumentation.lightning import LightningInstrumentor
+
+            _instrumentors.append(LightningInstrumentor(experiment, safety))
+        if settings.track_env:
+            from tracelet.instrumentation.arguments import ArgparseInstrumentor
+
+            _instrumentors.append(ArgparseInstrumentor(experiment, safety))
     for instrumentor in _instrumentors:
         instrumentor.instrument()
     if experiment.is_recording and experiment.settings.track_system:
@@ -131,10 +143,23 @@ def _activate(experiment: Experiment) -> None:
         _collectors.append(SystemCollector(experiment, experiment.settings.metrics_interval))
     for collector in _collectors:
         collector.start()
+    if experiment.is_recording and settings.track_console:
+        from tracelet.collectors.console import ConsoleCapture
+
+        _console = ConsoleCapture()
+        _console.start()
     if not _atexit_registered:
         atexit.register(_stop_at_exit)
         _atexit_registered = True
     _install_exit_hooks()
+
+
+def _stop_console(experiment: Experiment) -> Any:
+    global _console
+    console, _console = _console, None
+    if console is not None:
+        experiment.log_artifact(console.stop())
+    return console
 
 
 def _deactivate() -> None:

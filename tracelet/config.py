@@ -175,6 +175,13 @@ OPTIONS: tuple[Option, ...] = (
         "Record Python, platform, host, command line, framework versions, packages and argparse args.",
     ),
     Option(
+        "track_console",
+        "TRACELET_TRACK_CONSOLE",
+        True,
+        _parse_bool,
+        "Keep what the process prints (stdout/stderr) as the run's console.log artifact.",
+    ),
+    Option(
         "strict",
         "TRACELET_STRICT",
         False,
@@ -218,6 +225,7 @@ class Settings:
     metrics_interval: float
     track_git: bool
     track_env: bool
+    track_console: bool
     strict: bool
     queue_size: int
     stop_timeout: float
