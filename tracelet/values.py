@@ -9,7 +9,7 @@ from __future__ import annotations
 import enum
 import math
 from argparse import Namespace
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 _MAX_PLAIN_DEPTH = 8
@@ -83,3 +83,13 @@ def to_plain(value: Any, _depth: int = 0) -> Any:
         except Exception:  # an exotic array type: fall back to its repr
             pass
     return safe_repr(value)
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested dicts become ``outer/inner`` keys, as Lightning's MLFlowLogger writes them."""
+    for key, value in values.items():
+        full = f"{prefix}/{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            yield from flatten(value, full)
+        else:
+            yield full, value

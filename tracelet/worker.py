@@ -71,7 +71,6 @@ class BackendWorker:
         self._on_opened = on_opened
         self._items: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
-        self._opened = threading.Event()
         self._finished = threading.Event()
         self._thread = threading.Thread(target=self._main, name=f"tracelet-{name}", daemon=True)
 
@@ -116,10 +115,6 @@ class BackendWorker:
     @property
     def finished(self) -> threading.Event:
         return self._finished
-
-    @property
-    def opened(self) -> threading.Event:
-        return self._opened
 
     # -- internals ----------------------------------------------------------------------
     def _accept_within(self, events: Sequence[Event], room: int) -> list[Event]:
@@ -203,7 +198,6 @@ class BackendWorker:
         return backend
 
     def _announce_opened(self) -> None:
-        self._opened.set()
         if self._on_opened is not None:
             self._on_opened(self.snapshot())
 

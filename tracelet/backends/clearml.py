@@ -15,12 +15,12 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 from tracelet import _log
 from tracelet.backends.base import RunInfo, RunLocation
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
+from tracelet.values import flatten
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +56,9 @@ def title_and_series(name: str) -> tuple[str, str]:
     return title, series
 
 
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in values.items():
-        full = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            yield from _flatten(value, full)
-        else:
-            yield full, value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
+def _scalar_or_text(value: Any) -> Any:
+    """ClearML keeps the type of plain values; lists and the like go as their text."""
+    return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
 class ClearMLBackend:
@@ -139,7 +135,9 @@ class ClearMLBackend:
                 step = event.step if event.step is not None else 0
                 self._logger.report_scalar(title, series, event.value, iteration=step)
             elif isinstance(event, Params):
-                self._task.update_parameters({f"General/{k}": v for k, v in _flatten(event.values)})
+                self._task.update_parameters(
+                    {f"General/{k}": _scalar_or_text(v) for k, v in flatten(event.values)}
+                )
             elif isinstance(event, Tags):
                 self._task.set_user_properties(**{k: str(v) for k, v in event.values.items()})
             elif isinstance(event, Artifact):

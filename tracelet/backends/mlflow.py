@@ -21,6 +21,7 @@ from typing import Any
 from tracelet import _log
 from tracelet.backends.base import RunInfo, RunLocation
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
+from tracelet.values import flatten
 
 log = logging.getLogger(__name__)
 
@@ -99,16 +100,6 @@ def _sanitize(name: str) -> str:
     if posixpath.normpath(key) != key:
         key = key.replace("/", "_")
     return _shorten(key)
-
-
-def flatten(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Nested dicts become ``outer/inner`` keys, as Lightning's MLFlowLogger writes them."""
-    for key, value in values.items():
-        full = f"{prefix}/{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and value:
-            yield from flatten(value, full)
-        else:
-            yield full, value
 
 
 class MLflowBackend:
