@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
@@ -70,6 +71,31 @@ def test_output_printed_before_a_crash_is_in_the_artifact(tmp_path):
     assert out.returncode == 1
     log = _console_log(tmp_path)
     assert "hello stdout" in log and "RuntimeError: crash after printing" in log
+
+
+def test_a_process_killed_hard_still_leaves_what_it_printed_up_to_the_last_flush(tmp_path):
+    script = textwrap.dedent("""
+        import os, signal, time, tracelet
+        import tracelet.collectors.console as console
+        console.FLUSH_INTERVAL_S = 0.2
+        tracelet.start_logging(project="console")
+        print("printed before the kill", flush=True)
+        time.sleep(1.0)  # several console flushes
+        os.kill(os.getpid(), signal.SIGKILL)
+    """)
+    (tmp_path / "job.py").write_text(script)
+    env = {**os.environ, "TRACELET_TRACK_CONSOLE": "1"}
+    out = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+    assert out.returncode == -9
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # the writer closes the run on its own after EOF
+        (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+        if run.info.status != "RUNNING":
+            break
+        time.sleep(0.2)
+    assert run.info.status == "KILLED"
+    assert "printed before the kill" in _console_log(tmp_path)
 
 
 def test_carriage_returns_keep_the_last_state_and_crlf_is_a_newline():

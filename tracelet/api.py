@@ -73,6 +73,8 @@ def start_logging(
             stop_logging()
         _log.ensure_visible()
         _log.forget_warnings()
+        recording = _is_global_zero()
+        console = _new_console() if recording and settings.track_console else None
         run = backends.RunInfo(
             run_uid=uuid.uuid4().hex,
             project=settings.project,
@@ -83,10 +85,11 @@ def start_logging(
             settings={**settings.public(), "env_extra": _torch_runtime() if settings.track_env else {}},
             pid=os.getpid(),
             argv=tuple(sys.argv),
+            console_path=console.path if console is not None else None,
         )
-        bus = EventBus(run, specs, settings.queue_size, settings.writer) if _is_global_zero() else None
+        bus = EventBus(run, specs, settings.queue_size, settings.writer) if recording else None
         experiment = Experiment(settings, run, bus)
-        _activate(experiment)
+        _activate(experiment, console)
     return experiment
 
 
@@ -119,7 +122,13 @@ def get_active_experiment() -> Experiment | None:
     return _active
 
 
-def _activate(experiment: Experiment) -> None:
+def _new_console() -> Any:
+    from tracelet.collectors.console import ConsoleCapture
+
+    return ConsoleCapture()
+
+
+def _activate(experiment: Experiment, console: Any) -> None:
     global _active, _atexit_registered, _console
     _active = experiment
     settings = experiment.settings
@@ -143,10 +152,8 @@ def _activate(experiment: Experiment) -> None:
         _collectors.append(SystemCollector(experiment, experiment.settings.metrics_interval))
     for collector in _collectors:
         collector.start()
-    if experiment.is_recording and settings.track_console:
-        from tracelet.collectors.console import ConsoleCapture
-
-        _console = ConsoleCapture()
+    if console is not None:
+        _console = console
         _console.start()
     if not _atexit_registered:
         atexit.register(_stop_at_exit)

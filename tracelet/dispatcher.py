@@ -7,6 +7,7 @@ and on a thread of the training process (``writer="thread"``).
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 import threading
@@ -16,7 +17,7 @@ from typing import Any, NamedTuple
 
 from tracelet import _log
 from tracelet.backends import base
-from tracelet.events import Event, RunEnd
+from tracelet.events import Artifact, Event, RunEnd
 from tracelet.worker import BackendStats, BackendWorker
 
 log = _log.get_logger(__name__)
@@ -51,6 +52,7 @@ class Dispatcher:
         self._workers: list[BackendWorker] = []
         self._ended = False
         self._scratch = ""
+        self._console: str | None = None
 
     def handle(self, items: Sequence[Any]) -> None:
         """Route a chunk of the stream: runs of events to every worker, controls in order."""
@@ -73,10 +75,16 @@ class Dispatcher:
     def abandon(self, status: str, grace: float) -> Reply:
         """The training process went away without a shutdown: close every run with ``status``."""
         self._ended = True
-        self._submit([RunEnd(status)])
-        return self._wait(
+        last: list[Event] = [RunEnd(status)]
+        if self._console and os.path.exists(self._console):  # what it printed, up to its last flush
+            last.insert(0, Artifact(self._console, None))
+        self._submit(last)
+        reply = self._wait(
             Control("shutdown", -1, time.time() + grace), "closed", [w.finished for w in self._workers]
         )
+        if reply.done and self._console:  # nobody else is left to remove it
+            shutil.rmtree(os.path.dirname(self._console), ignore_errors=True)
+        return reply
 
     # -- internals ----------------------------------------------------------------------
     def _submit(self, events: list[Event]) -> None:
@@ -99,6 +107,7 @@ class Dispatcher:
         from tracelet.collectors import context
 
         self._scratch = tempfile.mkdtemp(prefix="tracelet-")
+        self._console = init.run.console_path
         try:
             run, first_events = context.gather(init.run, self._scratch)
         except Exception as err:  # context is a bonus; the run goes on without it

@@ -41,6 +41,7 @@ class RunInfo(NamedTuple):
     pid: int = 0  # the training process (backends run in the writer process)
     argv: tuple[str, ...] = ()  # the training process's command line
     git: Any = None  # collectors.git.GitInfo, filled in by the writer before backends open
+    console_path: str | None = None  # the training process's console.log, uploaded if it dies
 
 
 class RunLocation(NamedTuple):

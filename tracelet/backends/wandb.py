@@ -8,7 +8,8 @@ System metrics (``system/...``) have their own axis, ``system/sample``. Validati
 epoch-end and late points therefore all survive. Each row keeps the original wall-clock
 time (``_timestamp``). Params go to ``run.config`` (nested), tags to ``config["tags"]``,
 artifacts to the run's files. W&B's console capture and code saving are off (they would see
-the writer process); its system monitor watches the training process.
+the writer process); so is its system monitor: tracelet's system collector samples the
+training process and its GPUs, once, for every backend.
 """
 
 from __future__ import annotations
@@ -46,9 +47,8 @@ class WandbBackend:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
 
-        settings = {"console": "off", "save_code": False}
-        if run.pid:
-            settings["x_stats_pid"] = run.pid
+        # tracelet's system collector is the one source of system/... metrics (as with ClearML)
+        settings = {"console": "off", "save_code": False, "x_disable_stats": True}
         if run.git is not None:  # W&B's own git detection keeps tokens that sit in a remote's user name
             settings.update(disable_git=True, git_root=run.git.root)
             if run.git.commit:

@@ -73,11 +73,11 @@ class LineCollapser:
 
 
 class ConsoleCapture:
-    def __init__(self, max_bytes: int = MAX_BYTES, flush_interval: float = FLUSH_INTERVAL_S) -> None:
+    def __init__(self, max_bytes: int = MAX_BYTES, flush_interval: float | None = None) -> None:
         self.pending: collections.deque[tuple[str, str]] = collections.deque()
         self.recording = False
         self._max_bytes = max_bytes
-        self._flush_interval = flush_interval
+        self._flush_interval = FLUSH_INTERVAL_S if flush_interval is None else flush_interval
         self._collapser = LineCollapser()
         self._written = 0
         self.truncated = False
