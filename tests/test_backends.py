@@ -165,7 +165,7 @@ def test_unknown_backend_lists_builtins_and_installed_plugins(tmp_path, monkeypa
     _install_plugin(tmp_path, monkeypatch)
     with pytest.raises(ConfigError) as error:
         tracelet.start_logging(backend="neptune")
-    assert "Available backends: clearml, mlflow, myplugin, wandb" in str(error.value)
+    assert "Available backends: clearml, journal, mlflow, myplugin, wandb" in str(error.value)
 
 
 def test_nan_and_inf_in_each_backend_stored_or_counted_never_silently_changed(caplog):

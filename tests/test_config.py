@@ -91,7 +91,7 @@ def test_unknown_backend_lists_the_available_ones():
     with pytest.raises(ConfigError) as error:
         tracelet.start_logging(backend="neptune")
     assert "unknown backend 'neptune'" in str(error.value)
-    assert "Available backends: clearml, mlflow, wandb" in str(error.value)
+    assert "Available backends: clearml, journal, mlflow, wandb" in str(error.value)
 
 
 def test_known_backend_without_its_sdk_names_the_extra_to_install(monkeypatch):

@@ -66,7 +66,7 @@ def start_logging(
         "backend_url": backend_url,
     }
     settings = resolve(arguments, config)
-    specs = backends.resolve(settings.backend)
+    specs = backends.resolve(settings.backends)
     with _lock:
         if _active is not None:
             log.warning("start_logging called while a run is active: ending that run first")
@@ -84,7 +84,7 @@ def start_logging(
             started_at=time.time(),
             settings={**settings.public(), "env_extra": _torch_runtime() if settings.track_env else {}},
             pid=os.getpid(),
-            argv=tuple(sys.argv),
+            argv=_command_line(),
             console_path=console.path if console is not None else None,
         )
         bus = EventBus(run, specs, settings.queue_size, settings.writer) if recording else None
@@ -175,6 +175,25 @@ def _deactivate() -> None:
     while _instrumentors:
         _instrumentors.pop().uninstrument()
     _remove_exit_hooks()
+
+
+def _command_line() -> tuple[str, ...]:
+    """The program's command line, secrets removed (every backend and the journal get this one).
+
+    At interpreter start-up (autostart) ``sys.argv`` is not final yet: then ``sys.orig_argv``.
+    """
+    from tracelet.collectors.environment import redact_argv
+
+    argv = list(getattr(sys, "argv", []) or [])
+    if (not argv or argv[0] in ("-m", "-c", "")) and getattr(sys, "orig_argv", None):
+        argv = sys.orig_argv[1:]
+    return tuple(redact_argv(argv))
+
+
+def _mark_exit_status(code: object) -> None:
+    """A program that ends with ``sys.exit(non-zero)`` failed."""
+    if _active is not None:
+        _active._mark_status(FAILED, SystemExit(code))
 
 
 def _torch_runtime() -> dict[str, str]:

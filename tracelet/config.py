@@ -37,6 +37,14 @@ def _parse_optional_str(value: Any) -> str | None:
     return value.strip() or None
 
 
+def _parse_path(value: Any) -> str:
+    if isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("expected a directory path")
+    return value.strip()
+
+
 def _parse_backends(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         names = value.split(",")
@@ -182,6 +190,20 @@ OPTIONS: tuple[Option, ...] = (
         "Keep what the process prints (stdout/stderr) as the run's console.log artifact.",
     ),
     Option(
+        "journal",
+        "TRACELET_JOURNAL",
+        True,
+        _parse_bool,
+        "Also append every event to a local journal, replayable into any backend (`tracelet replay`).",
+    ),
+    Option(
+        "journal_dir",
+        "TRACELET_JOURNAL_DIR",
+        "tracelet-runs",
+        _parse_path,
+        "Where journals go: a directory per run (`tracelet runs` lists them).",
+    ),
+    Option(
         "strict",
         "TRACELET_STRICT",
         False,
@@ -226,10 +248,19 @@ class Settings:
     track_git: bool
     track_env: bool
     track_console: bool
+    journal: bool
+    journal_dir: str
     strict: bool
     queue_size: int
     stop_timeout: float
     writer: str
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The configured backends, and the journal unless it is off."""
+        if self.journal and "journal" not in self.backend:
+            return (*self.backend, "journal")
+        return self.backend
 
     def public(self) -> dict[str, Any]:
         """The settings without secrets, for logging and for backends' run records."""

@@ -120,10 +120,31 @@ class Dispatcher:
                 run,
                 init.capacity,
                 on_opened=lambda stats: self._reply(Reply("opened", 0, {stats.name: stats}, True)),
+                journal=self._journal_dir,
             )
             self._workers.append(worker)
             worker.submit(first_events)
             worker.start()
+
+    def _journal_dir(self) -> str | None:
+        for worker in self._workers:
+            location = worker.stats.location
+            if location is not None and location.backend == "journal":
+                return location.uri
+        return None
+
+    def _record_delivery(self) -> None:
+        """The journal learns what every backend received (``tracelet runs`` shows it)."""
+        directory = self._journal_dir()
+        if directory is None:
+            return
+        from tracelet import journal
+
+        delivery = {name: journal.delivery_entry(stats) for name, stats in self.stats().items()}
+        try:
+            journal.write_json(os.path.join(directory, journal.DELIVERY_FILE), delivery)
+        except OSError as err:
+            log.warning("could not record delivery in the journal: %s", err)
 
     def _answer_when(self, control: Control, kind: str, events: list[threading.Event]) -> None:
         """Reply once every event is set or the deadline passes, without blocking the stream."""
@@ -137,8 +158,10 @@ class Dispatcher:
         for event in events:
             event.wait(max(0.0, control.deadline - time.time()))
         done = all(event.is_set() for event in events)
-        if kind == "closed" and all(w.finished.is_set() for w in self._workers) and self._scratch:
-            shutil.rmtree(self._scratch, ignore_errors=True)  # every backend has copied its artifacts
+        if kind == "closed":
+            self._record_delivery()
+            if self._scratch and all(w.finished.is_set() for w in self._workers):
+                shutil.rmtree(self._scratch, ignore_errors=True)  # every backend has copied its artifacts
         return Reply(kind, control.token, self.stats(), done)
 
     def stats(self) -> dict[str, BackendStats]:

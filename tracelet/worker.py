@@ -23,6 +23,7 @@ from tracelet.events import Event, RunEnd
 log = _log.get_logger(__name__)
 
 MAX_BATCH = 1000
+RETRY_DELAYS_S = (1.0, 2.0, 4.0)  # before each retry of a failed open or write; none once the run ends
 
 
 @dataclasses.dataclass
@@ -61,6 +62,8 @@ class BackendWorker:
         capacity: int,
         max_batch: int = MAX_BATCH,
         on_opened: Callable[[BackendStats], None] | None = None,
+        retry_delays: Sequence[float] = RETRY_DELAYS_S,
+        journal: Callable[[], str | None] | None = None,
     ) -> None:
         self.name = name
         self.stats = BackendStats(name)
@@ -69,6 +72,10 @@ class BackendWorker:
         self._capacity = capacity
         self._max_batch = max_batch
         self._on_opened = on_opened
+        self._retry_delays = tuple(retry_delays)
+        self._journal = journal  # where this run's journal is, for the advice when this backend fails
+        self._end_submitted = False  # the RunEnd is queued: stop retrying, close
+        self._unwritable = ("backend failed to open", False)  # reason, and whether it counts as failed
         self._items: collections.deque[Any] = collections.deque()
         self._cond = threading.Condition()
         self._finished = threading.Event()
@@ -90,6 +97,9 @@ class BackendWorker:
                     self._cond.notify()
                 return
             room = self._capacity - stats.pending
+            if events and isinstance(events[-1], RunEnd):
+                self._end_submitted = True
+                self._cond.notify_all()
             accepted = events if len(events) <= room else self._accept_within(events, max(room, 0))
             if accepted:
                 self._items.append(accepted)
@@ -137,9 +147,17 @@ class BackendWorker:
         return accepted
 
     def _drop_unwritable(self, events: Sequence[Event]) -> None:
-        reason = "backend failed to open" if self.stats.state == "failed" else "run already ended"
         countable = sum(1 for e in events if not isinstance(e, RunEnd))
-        if countable:
+        if not countable:
+            return
+        if self.stats.state != "failed":
+            self.stats.drop(countable, "run already ended")
+            return
+        reason, counts_as_failed = self._unwritable
+        if counts_as_failed:
+            self.stats.failed += countable
+            self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + countable
+        else:
             self.stats.drop(countable, reason)
 
     def _main(self) -> None:
@@ -148,7 +166,7 @@ class BackendWorker:
             while True:
                 batch, markers, end = self._next_batch()
                 if batch:
-                    self._write(backend, batch)
+                    backend = self._write(backend, batch)
                 if end is not None:
                     self._close(backend, end.status)
                 for marker in markers:
@@ -166,36 +184,75 @@ class BackendWorker:
 
     def _open(self) -> Backend | None:
         started = time.monotonic()
-        try:
-            backend = self._make_backend()
-            location = backend.open(self._run)
-        except Exception as err:  # any failure to open disables this backend only
-            with self._cond:
-                self.stats.state = "failed"
-                self.stats.error = f"{type(err).__name__}: {err}"
-                # what is queued can never be written; keep flush markers and the RunEnd in order
-                kept: collections.deque[Any] = collections.deque()
-                for item in self._items:
-                    if isinstance(item, _Marker):
-                        kept.append(item)
-                        continue
-                    self._drop_unwritable(item)
-                    ends = [e for e in item if isinstance(e, RunEnd)]
-                    if ends:
-                        kept.append(ends)
-                self._items = kept
-                self.stats.pending = sum(len(i) for i in kept if not isinstance(i, _Marker))
-            log.warning(
-                "backend %r disabled for this run: it failed to open (%s)", self.name, self.stats.error
-            )
-            self._announce_opened()
-            return None
+        attempt = 0
+        while True:
+            try:
+                backend = self._make_backend()
+                location = backend.open(self._run)
+                break
+            except Exception as err:  # any failure to open disables this backend only
+                if self._retry_after(attempt, err, "open"):
+                    attempt += 1
+                    continue
+                self._disable(
+                    f"{type(err).__name__}: {err}", "backend failed to open", counts_as_failed=False
+                )
+                log.warning(
+                    "backend %r disabled for this run: it failed to open (%s)%s",
+                    self.name,
+                    self.stats.error,
+                    self._replay_advice(),
+                )
+                self._announce_opened()
+                return None
         with self._cond:
             self.stats.state = "open"
             self.stats.location = location
         log.debug("backend %r opened in %.2fs", self.name, time.monotonic() - started)
         self._announce_opened()
         return backend
+
+    def _retry_after(self, attempt: int, err: Exception, action: str) -> bool:
+        """Wait before the next attempt (not at all once the run is ending); False when none is left."""
+        if attempt >= len(self._retry_delays):
+            return False
+        delay = self._retry_delays[attempt]
+        log.debug(
+            "backend %r failed to %s (%s: %s); retry in %.1fs",
+            self.name,
+            action,
+            type(err).__name__,
+            err,
+            delay,
+        )
+        with self._cond:
+            self._cond.wait_for(lambda: self._end_submitted, timeout=delay)
+        return True
+
+    def _disable(self, error: str, reason: str, counts_as_failed: bool) -> None:
+        """From now on nothing reaches the backend: what is queued and what comes is counted."""
+        with self._cond:
+            self.stats.state = "failed"
+            self.stats.error = error
+            self._unwritable = (reason, counts_as_failed)
+            # keep flush markers and the RunEnd in order; the thread still has to see them
+            kept: collections.deque[Any] = collections.deque()
+            for item in self._items:
+                if isinstance(item, _Marker):
+                    kept.append(item)
+                    continue
+                self._drop_unwritable(item)
+                ends = [e for e in item if isinstance(e, RunEnd)]
+                if ends:
+                    kept.append(ends)
+            self._items = kept
+            self.stats.pending = sum(len(i) for i in kept if not isinstance(i, _Marker))
+
+    def _replay_advice(self) -> str:
+        location = self._journal() if self._journal is not None else None
+        if location is None:
+            return ""
+        return f". The journal keeps every event: tracelet replay {location} --backend {self.name}"
 
     def _announce_opened(self) -> None:
         if self._on_opened is not None:
@@ -227,34 +284,46 @@ class BackendWorker:
             batch = [e for e in batch if not isinstance(e, RunEnd)]
         return batch, markers, end
 
-    def _write(self, backend: Backend | None, batch: list[Event]) -> None:
+    def _write(self, backend: Backend | None, batch: list[Event]) -> Backend | None:
+        """Write one batch, retrying with backoff; returns None once the backend is given up on."""
         if backend is None:
             with self._cond:
                 self._drop_unwritable(batch)
-            return
-        try:
-            outcome = backend.write(batch)
-        except Exception as err:  # a failing write costs this batch, not the run
-            with self._cond:
-                self.stats.failed += len(batch)
-                reason = f"write error: {type(err).__name__}"
-                self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + len(batch)
-            _log.warn_once(
-                f"write:{self.name}:{type(err).__name__}",
-                "backend %r failed to write %d events (%s: %s); counted as failed, the run goes on",
-                self.name,
-                len(batch),
-                type(err).__name__,
-                err,
-                log=log,
-            )
-            return
+            return None
+        attempt = 0
+        while True:
+            try:
+                outcome = backend.write(batch)
+                break
+            except Exception as err:
+                if self._retry_after(attempt, err, "write"):
+                    attempt += 1
+                    continue
+                self._give_up(batch, err)
+                return None
         rejected = {"rejected by backend": outcome} if isinstance(outcome, int) else dict(outcome or {})
         with self._cond:
             self.stats.sent += len(batch) - sum(rejected.values())
             for reason, count in rejected.items():
                 if count:
                     self.stats.drop(count, reason)
+        return backend
+
+    def _give_up(self, batch: list[Event], err: Exception) -> None:
+        reason = f"write error: {type(err).__name__}"
+        with self._cond:
+            self.stats.failed += len(batch)
+            self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + len(batch)
+        self._disable(f"write failed: {type(err).__name__}: {err}", reason, counts_as_failed=True)
+        log.warning(
+            "backend %r failed to write (%s: %s) after %d attempts and is disabled for this run; "
+            "what it did not receive is counted as failed%s",
+            self.name,
+            type(err).__name__,
+            err,
+            len(self._retry_delays) + 1,
+            self._replay_advice(),
+        )
 
     def _close(self, backend: Backend | None, status: str) -> None:
         if backend is None:

@@ -71,6 +71,7 @@ BUILTINS: dict[str, _Builtin] = {
     "mlflow": _Builtin("tracelet.backends.mlflow:MLflowBackend", "mlflow", "mlflow"),
     "wandb": _Builtin("tracelet.backends.wandb:WandbBackend", "wandb", "wandb"),
     "clearml": _Builtin("tracelet.backends.clearml:ClearMLBackend", "clearml", "clearml"),
+    "journal": _Builtin("tracelet.backends.journal:JournalBackend", "json", ""),  # the standard library
 }
 
 

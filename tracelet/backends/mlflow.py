@@ -120,6 +120,11 @@ class MLflowBackend:
         uri = default_tracking_uri(run.backend_url)
         if run.api_key and not os.environ.get("MLFLOW_TRACKING_TOKEN"):
             os.environ["MLFLOW_TRACKING_TOKEN"] = run.api_key  # this process only: the writer
+        if uri.startswith(("http://", "https://")):
+            # MLflow's own HTTP retries take minutes on a dead server; the worker retries briefly
+            # itself, then gives the backend up and points to the journal (this process only)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
         self._client = MlflowClient(tracking_uri=uri)
         experiment_id = self._experiment_id(
             run.project or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
@@ -221,8 +226,8 @@ class MLflowBackend:
                     self._run_id, metrics=chunk_metrics, params=chunk_params, tags=chunk_tags
                 )
             except MlflowException as err:
-                if len(chunk_metrics) + len(chunk_params) + len(chunk_tags) == 1:
-                    raise
+                if not _is_refusal(err) or len(chunk_metrics) + len(chunk_params) + len(chunk_tags) == 1:
+                    raise  # the server is unreachable or failing: the worker retries, then gives up
                 log.debug("log_batch refused (%s); isolating the bad entries", err)
                 self._send_one_by_one(chunk_metrics, chunk_params, chunk_tags, rejected)
 
@@ -238,6 +243,8 @@ class MLflowBackend:
             try:
                 self._client.log_batch(self._run_id, metrics=m, params=p, tags=t)
             except MlflowException as err:
+                if not _is_refusal(err):
+                    raise
                 rejected["refused by MLflow"] = rejected.get("refused by MLflow", 0) + 1
                 entry = (m or p or t)[0]
                 _log.warn_once(
@@ -258,6 +265,14 @@ class MLflowBackend:
             self._client.log_artifacts(self._run_id, event.path, event.artifact_path)
         else:
             self._client.log_artifact(self._run_id, event.path, event.artifact_path)
+
+
+def _is_refusal(err: Exception) -> bool:
+    """MLflow refused the data itself (a 4xx: bad key, bad value), as opposed to failing to store it."""
+    try:
+        return 400 <= int(err.get_http_status_code()) < 500  # type: ignore[attr-defined]
+    except Exception:
+        return False
 
 
 def _native_tags(run: RunInfo) -> dict[str, str]:

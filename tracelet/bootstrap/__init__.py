@@ -1,0 +1,1 @@
+"""The directory ``tracelet run`` puts first on ``PYTHONPATH``; its ``sitecustomize`` starts tracking."""

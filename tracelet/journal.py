@@ -1,0 +1,150 @@
+"""The journal format: a directory per run, read by ``tracelet replay`` and ``tracelet runs``.
+
+Layout of ``<journal_dir>/<YYYYmmdd-HHMMSS>-<run uid>/``::
+
+    run.json        the run (uid, project, name, start, command, settings, git, status, end)
+    events.jsonl    one JSON array per event, appended in the order the backends receive them
+    delivery.json   per backend: state, events sent/dropped/failed, its run id (written at close)
+    artifacts/      copies of the run's artifacts (the originals may be temporary files)
+
+Why JSON lines and not SQLite: an append is one ``write`` with no locking, no transaction and
+no schema; a record torn by a crash is only ever the last line, which the reader detects and
+skips; the file is greppable; and it costs a few microseconds per event on the writer side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from tracelet.events import Artifact, Event, Metric, Params, Tags
+
+FORMAT = 1
+RUN_FILE = "run.json"
+EVENTS_FILE = "events.jsonl"
+DELIVERY_FILE = "delivery.json"
+ARTIFACTS_DIR = "artifacts"
+
+
+def run_dir_name(run_uid: str, started_at: float) -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.localtime(started_at)) + f"-{run_uid[:8]}"
+
+
+def encode(event: Event, artifact_path: str | None = None) -> str:
+    """One line. Artifacts carry the path of their copy, relative to the run directory."""
+    if type(event) is Metric:
+        record: list[Any] = ["m", event.name, event.value, event.step, event.timestamp]
+    elif type(event) is Params:
+        record = ["p", event.values]
+    elif type(event) is Tags:
+        record = ["t", event.values]
+    elif type(event) is Artifact:
+        record = ["a", artifact_path or event.path, event.artifact_path]
+    else:
+        raise TypeError(f"not an event: {type(event).__name__}")
+    return json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+def decode(line: str, run_dir: str) -> Event:
+    record = json.loads(line)
+    kind = record[0]
+    if kind == "m":
+        return Metric(record[1], float(record[2]), record[3], record[4])
+    if kind == "p":
+        return Params(record[1])
+    if kind == "t":
+        return Tags(record[1])
+    if kind == "a":
+        return Artifact(os.path.join(run_dir, record[1]), record[2])
+    raise ValueError(f"unknown record kind {kind!r}")
+
+
+class Journal(NamedTuple):
+    """A journaled run, as found on disk."""
+
+    path: str
+    run: dict[str, Any]
+    delivery: dict[str, Any]
+
+    @property
+    def status(self) -> str:
+        return str(self.run.get("status") or "RUNNING")
+
+
+def load(path: str | os.PathLike[str]) -> Journal:
+    """Read a run directory's metadata; raises FileNotFoundError/ValueError for what is not one."""
+    directory = os.path.abspath(os.fspath(path))
+    with open(os.path.join(directory, RUN_FILE), encoding="utf-8") as handle:
+        run = json.load(handle)
+    if not isinstance(run, dict) or run.get("format") != FORMAT:
+        raise ValueError(f"{directory} is not a tracelet journal (format {FORMAT})")
+    delivery: dict[str, Any] = {}
+    with (
+        contextlib.suppress(FileNotFoundError, ValueError),
+        open(os.path.join(directory, DELIVERY_FILE), encoding="utf-8") as handle,
+    ):
+        delivery = json.load(handle)
+    return Journal(directory, run, delivery)
+
+
+def events(journal: Journal) -> Iterator[Event]:
+    """Every complete record, in order. A torn last line (a crash mid-write) is skipped."""
+    with open(os.path.join(journal.path, EVENTS_FILE), encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                return  # the last write never finished
+            try:
+                yield decode(line, journal.path)
+            except (ValueError, IndexError, TypeError):
+                continue  # a damaged record costs itself, not the rest of the run
+
+
+def count_events(journal: Journal) -> int:
+    """Number of complete records (one per line), without decoding them."""
+    total = 0
+    with open(os.path.join(journal.path, EVENTS_FILE), "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            total += chunk.count(b"\n")
+    return total
+
+
+def find(journal_dir: str | os.PathLike[str]) -> list[Journal]:
+    """Every readable journaled run under ``journal_dir``, oldest first."""
+    root = Path(journal_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for child in root.iterdir():
+        if (child / RUN_FILE).is_file():
+            with contextlib.suppress(OSError, ValueError):
+                found.append(load(child))
+    return sorted(found, key=lambda j: j.run.get("started_at") or 0)
+
+
+def delivery_entry(stats: Any) -> dict[str, Any]:
+    """What ``delivery.json`` keeps of a backend's ``BackendStats``."""
+    return {
+        "state": stats.state,
+        "sent": stats.sent,
+        "dropped": stats.dropped,
+        "failed": stats.failed,
+        "pending": stats.pending,
+        "reasons": stats.reasons,
+        "run_id": stats.location.run_id if stats.location else None,
+        "error": stats.error,
+    }
+
+
+def write_json(path: str, data: Any) -> None:
+    """Replace ``path`` atomically: a reader sees the old or the new file, never half of one."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(data, handle, indent=1, default=str)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

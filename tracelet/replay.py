@@ -1,0 +1,123 @@
+"""Re-send a journaled run to any backend: a fresh run there, with the original steps,
+timestamps, params, tags and artifacts, and the run's final status."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from tracelet import journal
+from tracelet.backends import base
+from tracelet.collectors.git import GitInfo
+from tracelet.events import KILLED, STATUSES, RunEnd, Tags
+from tracelet.worker import BackendStats, BackendWorker
+
+CHUNK = 1000
+MAX_PENDING = 20_000  # per backend: replay waits for slow backends instead of dropping
+PROGRESS_EVERY_S = 0.5
+
+
+def replay(
+    path: str | os.PathLike[str],
+    backend_names: Sequence[str],
+    backend_url: str | None = None,
+    api_key: str | None = None,
+    progress: TextIO | None = None,
+    timeout: float = 3600.0,
+) -> dict[str, BackendStats]:
+    """Send every event of the journal at ``path`` to each of ``backend_names``; returns their stats.
+
+    Raises ``ConfigError`` for an unknown or uninstalled backend and ``FileNotFoundError`` /
+    ``ValueError`` for a path that is not a journaled run.
+    """
+    record = journal.load(path)
+    specs = base.resolve(tuple(n for n in backend_names if n != "journal"))
+    meta = record.run
+    run = base.RunInfo(
+        run_uid=meta["run_uid"],
+        project=meta.get("project"),
+        exp_name=meta.get("exp_name"),
+        api_key=api_key,
+        backend_url=backend_url,
+        started_at=float(meta.get("started_at") or time.time()),
+        settings=meta.get("settings") or {},
+        argv=tuple(meta.get("argv") or ()),
+        git=GitInfo(**meta["git"]) if meta.get("git") else None,
+    )
+    workers = [
+        BackendWorker(spec.name, lambda spec=spec: base.load(spec), run, capacity=2 * MAX_PENDING + CHUNK)
+        for spec in specs
+    ]
+    for worker in workers:
+        worker.start()
+    total = journal.count_events(record)
+    bar = _Progress(progress, total)
+    chunk: list = [Tags({"tracelet.replayed_from": record.path})]
+    for event in journal.events(record):
+        chunk.append(event)
+        if len(chunk) >= CHUNK:
+            _submit(workers, chunk, bar)
+            chunk = []
+    status = record.status if record.status in STATUSES else KILLED  # the writer itself died
+    _submit(workers, [*chunk, RunEnd(status)], bar)
+    deadline = time.monotonic() + timeout
+    for worker in workers:
+        while not worker.finished.wait(PROGRESS_EVERY_S) and time.monotonic() < deadline:
+            bar.show(_delivered(workers))
+    bar.show(_delivered(workers), final=True)
+    stats = {w.name: w.snapshot() for w in workers}
+    _remember(record, stats)
+    return stats
+
+
+def _submit(workers: list[BackendWorker], events: list, bar: _Progress) -> None:
+    for worker in workers:
+        while worker.snapshot().pending > MAX_PENDING and not worker.finished.is_set():
+            bar.show(_delivered(workers))
+            worker.finished.wait(0.05)
+        worker.submit(events)
+    bar.show(_delivered(workers))
+
+
+def _delivered(workers: list[BackendWorker]) -> int:
+    counts = [s.sent + s.dropped + s.failed for s in (w.snapshot() for w in workers)]
+    return min(counts) if counts else 0
+
+
+def _remember(record: journal.Journal, stats: dict[str, BackendStats]) -> None:
+    """The journal's delivery record learns that these backends now have the run."""
+    delivery = dict(record.delivery)
+    for name, s in stats.items():
+        delivery[name] = {**journal.delivery_entry(s), "replayed_at": time.time()}
+    journal.write_json(os.path.join(record.path, journal.DELIVERY_FILE), delivery)
+
+
+class _Progress:
+    """A one-line progress bar on a terminal; nothing when ``stream`` is None."""
+
+    def __init__(self, stream: TextIO | None, total: int) -> None:
+        self._stream = stream
+        self._total = max(total, 1)
+        self._shown = 0.0
+
+    def show(self, done: int, final: bool = False) -> None:
+        if self._stream is None:
+            return
+        now = time.monotonic()
+        if not final and now - self._shown < PROGRESS_EVERY_S:
+            return
+        self._shown = now
+        share = min(done / self._total, 1.0)
+        filled = int(share * 30)
+        line = (
+            f"\rreplaying {min(done, self._total)}/{self._total} events [{'#' * filled}{'.' * (30 - filled)}]"
+        )
+        self._stream.write(line + ("\n" if final else ""))
+        self._stream.flush()
+
+
+def stderr_if_terminal() -> TextIO | None:
+    return sys.stderr if sys.stderr.isatty() else None
