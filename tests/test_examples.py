@@ -7,7 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from helpers import mlflow_run, mlflow_series
+from mlflow.tracking import MlflowClient
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -27,10 +29,77 @@ def test_quickstart_records_its_run_in_the_local_mlflow_store(tmp_path):
     run_id = out.stdout.split("is in MLflow as run ")[1].split()[0]
     run = mlflow_run(run_id)
     assert run.info.status == "FINISHED" and run.info.run_name == "quickstart"
-    assert run.data.params == {"lr": "0.05", "hidden": "16"}
+    hparams = {k: v for k, v in run.data.params.items() if not k.startswith(("trainer/", "model/"))}
+    assert hparams == {"lr": "0.05", "hidden": "16"}
     series = mlflow_series(run_id)
     assert {"train/loss_step", "train/loss_epoch", "val/loss", "epoch"} <= set(series)
     assert [step for step, _ in series["train/loss_step"]] == [4, 9, 14, 19, 24]
+
+
+def _example(tmp_path: Path, *command: str, **env: str) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        list(command), capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env}, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _runs(tmp_path: Path) -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+
+
+def test_lightning_ddp_example_is_one_run_without_duplicated_points(tmp_path):
+    _example(tmp_path, sys.executable, str(EXAMPLES / "lightning_ddp.py"), DDP_EXAMPLE_EPOCHS="1")
+    (run,) = _runs(tmp_path)
+    assert run.info.run_name == "ddp-cpu" and run.info.status == "FINISHED"
+    series = mlflow_series(run.info.run_id)
+    # 512 samples, batch 32, 2 processes: 8 steps an epoch, logged every 2nd step
+    assert [s for s, _ in series["train/loss_step"]] == [1, 3, 5, 7]
+    assert len(series["val/loss"]) == 1 and len(series["train/loss_epoch"]) == 1
+    assert (
+        run.data.params["trainer/strategy"] == "DDPStrategy" and run.data.params["trainer/world_size"] == "2"
+    )
+
+
+def _tensorboard(logdir: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(logdir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    return {
+        tag: [(e.step, e.value) for e in accumulator.Scalars(tag)] for tag in accumulator.Tags()["scalars"]
+    }
+
+
+@pytest.mark.parametrize("launch", ["python", "tracelet run -- torchrun --nproc_per_node=2"])
+def test_plain_pytorch_example_tracks_what_summary_writer_writes(tmp_path, launch):
+    script = str(EXAMPLES / "plain_pytorch_tensorboard.py")
+    env = {"TB_EXAMPLE_STEPS": "50", "TB_EXAMPLE_LOGDIR": str(tmp_path / "tb")}
+    if launch == "python":
+        _example(tmp_path, sys.executable, script, **env)
+    else:
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", script]
+        _example(
+            tmp_path,
+            sys.executable,
+            "-m",
+            "tracelet",
+            "run",
+            "--",
+            *torchrun,
+            TB_EXAMPLE_AUTOSTARTED="1",
+            **env,
+        )
+    (run,) = _runs(tmp_path)
+    series = mlflow_series(run.info.run_id)
+    import struct
+
+    float32 = lambda v: struct.unpack("f", struct.pack("f", v))[0]  # noqa: E731 - TensorBoard keeps float32
+    assert [(s, float32(v)) for s, v in series["train/loss"]] == _tensorboard(tmp_path / "tb")["train/loss"]
+    assert [s for s, _ in series["train/loss"]] == list(range(0, 50, 10))  # once each, not once per rank
+    assert series["lr/group0"] == [(s, 0.05) for s in range(0, 50, 10)]
+    assert run.data.params["lr"] == "0.05" and len(series["hparam/final_loss"]) == 1
 
 
 def test_overhead_benchmark_runs_in_smoke_mode():

@@ -75,7 +75,13 @@ def test_save_hyperparameters_become_params():
     run_id = _run_id(exp)
     tracelet.stop_logging()
     params = mlflow_run(run_id).data.params
-    assert params == {"lr": "0.02", "hidden": "5", "fail_at_step": "-1"}
+    hparams = {k: v for k, v in params.items() if not k.startswith(("trainer/", "model/"))}
+    assert hparams == {"lr": "0.02", "hidden": "5", "fail_at_step": "-1"}
+    # the trainer's configuration and the model's size come along (Linear(3,5) + Linear(5,1): 26)
+    assert params["trainer/max_epochs"] == "2" and params["trainer/accumulate_grad_batches"] == "1"
+    assert params["trainer/strategy"] == "SingleDeviceStrategy" and params["trainer/num_devices"] == "1"
+    assert params["model/class"] == "TinyModule"
+    assert params["model/params_total"] == params["model/params_trainable"] == "26"
 
 
 def test_exception_in_training_step_marks_run_failed_and_keeps_what_was_captured():

@@ -132,7 +132,9 @@ def _activate(experiment: Experiment, console: Any) -> None:
     global _active, _atexit_registered, _console
     _active = experiment
     settings = experiment.settings
-    if experiment.is_recording and (settings.track_lightning or settings.track_env):
+    if experiment.is_recording and (
+        settings.track_lightning or settings.track_tensorboard or settings.track_env
+    ):
         from tracelet.instrumentation.base import Safety
 
         safety = Safety(settings.strict)
@@ -140,6 +142,10 @@ def _activate(experiment: Experiment, console: Any) -> None:
             from tracelet.instrumentation.lightning import LightningInstrumentor
 
             _instrumentors.append(LightningInstrumentor(experiment, safety))
+        if settings.track_tensorboard:
+            from tracelet.instrumentation.tensorboard import TensorBoardInstrumentor
+
+            _instrumentors.append(TensorBoardInstrumentor(experiment, safety))
         if settings.track_env:
             from tracelet.instrumentation.arguments import ArgparseInstrumentor
 

@@ -155,6 +155,41 @@ OPTIONS: tuple[Option, ...] = (
         "Capture PyTorch Lightning metrics and hyperparameters.",
     ),
     Option(
+        "track_optimizer",
+        "TRACELET_TRACK_OPTIMIZER",
+        True,
+        _parse_bool,
+        "Lightning: train/lr, train/momentum, train/beta1/2 per param group; optimizer defaults as params.",
+    ),
+    Option(
+        "track_perf",
+        "TRACELET_TRACK_PERF",
+        True,
+        _parse_bool,
+        "Lightning: perf/step_time_s, perf/samples_per_s, perf/dataloader_wait_share, perf/epoch_time_s.",
+    ),
+    Option(
+        "log_checkpoints",
+        "TRACELET_LOG_CHECKPOINTS",
+        True,
+        _parse_bool,
+        "Lightning: upload the best ModelCheckpoint file at the end of fit (paths are recorded regardless).",
+    ),
+    Option(
+        "checkpoint_max_mb",
+        "TRACELET_CHECKPOINT_MAX_MB",
+        1024.0,
+        _positive(float, "number of megabytes"),
+        "Best checkpoints larger than this are not uploaded (a warning says so).",
+    ),
+    Option(
+        "track_tensorboard",
+        "TRACELET_TRACK_TENSORBOARD",
+        True,
+        _parse_bool,
+        "Capture SummaryWriter.add_scalar/add_scalars/add_hparams (torch and tensorboardX).",
+    ),
+    Option(
         "track_system",
         "TRACELET_TRACK_SYSTEM",
         True,
@@ -243,6 +278,11 @@ class Settings:
     api_key: str | None = dataclasses.field(repr=False)
     backend_url: str | None
     track_lightning: bool
+    track_optimizer: bool
+    track_perf: bool
+    log_checkpoints: bool
+    checkpoint_max_mb: float
+    track_tensorboard: bool
     track_system: bool
     metrics_interval: float
     track_git: bool

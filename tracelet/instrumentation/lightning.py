@@ -13,6 +13,12 @@ Patched, in both ``lightning.pytorch`` and ``pytorch_lightning``:
   the module and datamodule become params, also with ``logger=False``.
 - ``Trainer.fit/validate/test/predict`` — an exception escaping them marks the run FAILED,
   a KeyboardInterrupt (which Lightning turns into ``SystemExit``) KILLED.
+- ``trainer.call._call_callback_hooks`` — after the callbacks ran, ``TrainingObserver``
+  (``lightning_training.py``) reads optimizer state, timings and checkpoints.
+
+TensorBoard scalars that Lightning's own ``TensorBoardLogger`` writes from inside
+``log_metrics``/``_log_hyperparams`` are not captured a second time by the TensorBoard
+instrumentation (``tensorboard.captured_elsewhere``).
 
 Nothing is added to ``trainer.loggers``, so checkpoint paths, ``self.logger`` and the
 progress bar are exactly what they would be without tracelet. Only global rank 0 sends.
@@ -20,6 +26,7 @@ progress bar are exactly what they would be without tracelet. Only global rank 0
 
 from __future__ import annotations
 
+import importlib
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -28,12 +35,24 @@ from typing import TYPE_CHECKING, Any
 
 from tracelet.events import FAILED, KILLED
 from tracelet.instrumentation.base import Instrumentor, Safety, guarded
+from tracelet.instrumentation.tensorboard import captured_elsewhere
 
 if TYPE_CHECKING:
     from tracelet.experiment import Experiment
 
 NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 _CONNECTOR = "trainer.connectors.logger_connector.logger_connector"
+_OBSERVED_HOOKS = frozenset(
+    (
+        "on_fit_start",
+        "on_train_epoch_start",
+        "on_train_batch_start",
+        "on_train_batch_end",
+        "on_train_epoch_end",
+        "on_validation_end",
+        "on_fit_end",
+    )
+)
 _ENTRY_POINTS = ("fit", "validate", "test", "predict")
 _HOST_DEVICE_TYPES = ("cpu",)  # tensors read at once; others are copied to the host asynchronously
 
@@ -45,6 +64,7 @@ class LightningInstrumentor(Instrumentor):
     def __init__(self, experiment: Experiment, safety: Safety) -> None:
         super().__init__(safety)
         self._experiment = experiment
+        self._observers: dict[str, Any] = {}  # namespace -> TrainingObserver
 
     def _apply(self, trainer_module: ModuleType) -> None:
         namespace = trainer_module.__name__[: -len(".trainer.trainer")]
@@ -53,25 +73,59 @@ class LightningInstrumentor(Instrumentor):
         self._wrap(
             connector_module._LoggerConnector,
             "log_metrics",
-            guarded(
-                "lightning log_metrics",
-                self.safety,
-                active,
-                self._before_log_metrics,
-                self._after_log_metrics,
+            captured_elsewhere(
+                guarded(
+                    "lightning log_metrics",
+                    self.safety,
+                    active,
+                    self._before_log_metrics,
+                    self._after_log_metrics,
+                )
             ),
         )
         self._wrap(
             trainer_module,
             "_log_hyperparams",
-            guarded("lightning hyperparameters", self.safety, active, before=self._capture_hyperparams),
+            captured_elsewhere(
+                guarded("lightning hyperparameters", self.safety, active, before=self._capture_hyperparams)
+            ),
         )
+        self._observe_training(namespace, active)
         for entry_point in _ENTRY_POINTS:
             self._wrap(
                 trainer_module.Trainer,
                 entry_point,
                 guarded(f"lightning Trainer.{entry_point}", self.safety, active, on_error=self._on_error),
             )
+
+    def _observe_training(self, namespace: str, active: Callable[[], bool]) -> None:
+        from tracelet.instrumentation.lightning_training import TrainingObserver
+
+        settings = self._experiment.settings
+        data_module = importlib.import_module(f"{namespace}.utilities.data")
+        observer = TrainingObserver(
+            self._experiment,
+            optimizer=settings.track_optimizer,
+            perf=settings.track_perf,
+            log_checkpoints=settings.log_checkpoints,
+            checkpoint_max_mb=settings.checkpoint_max_mb,
+            extract_batch_size=data_module.extract_batch_size,
+        )
+        self._observers[namespace] = observer
+
+        def before(_instance: Any, args: tuple, kwargs: dict) -> Any:
+            hook_name = args[1] if len(args) > 1 else kwargs.get("hook_name")
+            return (args[0], hook_name, args[2:]) if hook_name in _OBSERVED_HOOKS else None
+
+        def after(context: Any, _result: Any) -> None:
+            observer.after_hook(*context)
+
+        call_module = importlib.import_module(f"{namespace}.trainer.call")
+        self._wrap(
+            call_module,
+            "_call_callback_hooks",
+            guarded("lightning hooks", self.safety, active, before, after),
+        )
 
     # -- metrics ----------------------------------------------------------------------------
     def _before_log_metrics(self, connector: Any, args: tuple, kwargs: dict) -> Any:
