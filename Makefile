@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install.stamp
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint docs check bench clean
 
 install: $(STAMP)
 
@@ -27,8 +27,16 @@ lint: install
 	$(VENV)/bin/ruff check tracelet tests benchmarks examples
 	$(VENV)/bin/ruff format --check tracelet tests benchmarks examples
 
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
+
+# everything CI runs: lint, the docs build, the whole suite (fault and load-safety tests included)
+check: lint docs test
+
 bench: install
 	$(PY) benchmarks/bench_overhead.py
+	$(PY) benchmarks/bench_ddp.py
+	$(PY) benchmarks/bench_load.py
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns mlartifacts lightning_logs
+	rm -rf $(VENV) mlflow.db mlruns mlartifacts lightning_logs tracelet-runs build

@@ -26,6 +26,7 @@ def _isolated_run(tmp_path, monkeypatch):
     # Lightning's optimizer and perf/ series are tracelet's own (no CSVLogger oracle has them)
     monkeypatch.setenv("TRACELET_TRACK_OPTIMIZER", "0")
     monkeypatch.setenv("TRACELET_TRACK_PERF", "0")
+    monkeypatch.setenv("TRACELET_SELF_TELEMETRY", "0")
     # every backend stays local: W&B offline, ClearML offline, both writing under the test's directory
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))

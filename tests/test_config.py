@@ -107,13 +107,33 @@ def test_api_key_never_appears_in_repr_or_public_settings():
     assert "api_key" not in settings.public()
 
 
-def test_readme_configuration_table_matches_the_settings_the_code_accepts():
+@pytest.mark.parametrize("document", ["README.md", "docs/configuration.md"])
+def test_configuration_tables_match_the_settings_the_code_accepts(document):
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    rows = [line for line in readme.splitlines() if line.startswith("| `") and "TRACELET_" in line]
+    text = (Path(__file__).resolve().parent.parent / document).read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| `") and "TRACELET_" in line]
     documented = {(row.split("|")[1].strip(" `"), row.split("|")[2].strip(" `")) for row in rows}
     assert documented == {(option.key, option.env) for option in OPTIONS}
+    defaults = {row.split("|")[1].strip(" `"): row.split("|")[3].strip(" `") for row in rows}
+
+    def shown(value):
+        if value is None:
+            return {"none", "generated", "backend's default"}
+        if isinstance(value, bool):
+            return {str(value).lower()}
+        if isinstance(value, tuple):
+            return {",".join(value)}
+        if isinstance(value, float) and value.is_integer():
+            return {str(int(value))}
+        return {str(value)}
+
+    for option in OPTIONS:
+        assert defaults[option.key] in shown(option.default), (
+            option.key,
+            defaults[option.key],
+            option.default,
+        )
 
 
 @pytest.mark.parametrize("value", ["0.5", "soon", 0, True])

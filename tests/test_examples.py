@@ -102,6 +102,49 @@ def test_plain_pytorch_example_tracks_what_summary_writer_writes(tmp_path, launc
     assert run.data.params["lr"] == "0.05" and len(series["hparam/final_loss"]) == 1
 
 
+def test_multi_backend_example_writes_one_run_in_each_backend(tmp_path):
+    out = _example(tmp_path, sys.executable, str(EXAMPLES / "multi_backend.py"), QUICKSTART_EPOCHS="1")
+    (run,) = _runs(tmp_path)
+    assert run.info.run_name == "multi-backend"
+    lines = {line.split(":")[0]: line for line in out.stdout.splitlines() if " events -> " in line}
+    assert set(lines) == {"mlflow", "wandb", "clearml", "journal"}
+    assert "wandb sync" in lines["wandb"]
+    sent = {name: int(line.split(": ")[1].split()[0]) for name, line in lines.items()}
+    assert len(set(sent.values())) == 1 and sent["mlflow"] > 0  # every backend got every event
+    assert list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_zero_code_example_runs_under_tracelet_run(tmp_path):
+    script = str(EXAMPLES / "zero_code_train.py")
+    assert "import tracelet" not in Path(script).read_text()
+    run_command = [sys.executable, "-m", "tracelet", "run", "--project", "tracelet-examples", "--"]
+    out = _example(
+        tmp_path,
+        *run_command,
+        sys.executable,
+        script,
+        "--lr",
+        "0.02",
+        ZERO_CODE_EPOCHS="2",
+        TRACELET_TRACK_ENV="1",
+    )
+    assert "training done" in out.stdout
+    (run,) = _runs(tmp_path)
+    assert run.data.params["args/lr"] == "0.02" and run.data.params["lr"] == "0.02"
+    series = mlflow_series(run.info.run_id)
+    assert {"train/loss", "train/acc", "epoch"} <= set(series)
+    assert len(series["train/acc"]) == 2
+
+
+def test_custom_backend_example_receives_every_metric(tmp_path):
+    import json
+
+    out = _example(tmp_path, sys.executable, str(EXAMPLES / "custom_backend.py"))
+    assert out.stdout.startswith("100 events -> ")
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records[:-1]] == list(range(100)) and records[-1] == {"status": "FINISHED"}
+
+
 def test_overhead_benchmark_runs_in_smoke_mode():
     out = subprocess.run(
         [

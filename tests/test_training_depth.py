@@ -3,6 +3,7 @@ TensorBoard scalars — read back from a real MLflow store."""
 
 from __future__ import annotations
 
+import itertools
 import logging
 import struct
 import time
@@ -15,6 +16,7 @@ from helpers import make_trainer, mlflow_run, mlflow_series, tiny_loaders, tiny_
 from mlflow.tracking import MlflowClient
 
 import tracelet
+from tracelet.instrumentation import lightning_training
 from tracelet.instrumentation.lightning_training import _optimizer_state
 
 
@@ -182,7 +184,8 @@ class SlowData(torch.utils.data.Dataset):
         return self.base[index]
 
 
-def test_perf_metrics_are_logged_when_lightning_logs_and_see_a_slow_dataloader(depth):
+def test_perf_metrics_are_logged_when_lightning_logs_and_see_a_slow_dataloader(depth, monkeypatch):
+    monkeypatch.setattr(lightning_training, "PERF_MIN_WINDOW_S", 0.0)  # a point at every logging step
     exp = tracelet.start_logging(project="perf")
     pl.seed_everything(7, verbose=False)
     train, val = tiny_loaders()
@@ -205,6 +208,23 @@ def test_perf_metrics_are_logged_when_lightning_logs_and_see_a_slow_dataloader(d
     epochs = series["perf/epoch_time_s"]
     assert [s for s, _ in epochs] == [s for s, _ in series["train/loss_epoch"]]
     assert all(seconds > 8 * 0.024 for _, seconds in epochs)
+
+
+def test_perf_points_average_windows_of_at_least_the_minimum(depth, monkeypatch):
+    monkeypatch.setattr(lightning_training, "PERF_MIN_WINDOW_S", 0.1)
+    exp = tracelet.start_logging(project="perf")
+    pl.seed_everything(7, verbose=False)
+    train, val = tiny_loaders()
+    slow = torch.utils.data.DataLoader(SlowData(train.dataset), batch_size=8)
+    make_trainer(max_epochs=2, log_every_n_steps=1).fit(tiny_module_class()(), slow, val)
+    tracelet.stop_logging()
+    run_id = exp.locations["mlflow"].run_id
+    client = MlflowClient(tracking_uri=f"sqlite:///{Path('mlflow.db').resolve()}")
+    points = client.get_metric_history(run_id, "perf/step_time_s")
+    logging_steps = {s for s, _ in mlflow_series(run_id)["train/loss_step"]}
+    assert 2 <= len(points) < len(logging_steps) and {p.step for p in points} <= logging_steps
+    times = sorted(p.timestamp for p in points)
+    assert all(b - a >= 90 for a, b in itertools.pairwise(times))  # ms; 0.1 s windows
 
 
 def _float32(value: float) -> float:

@@ -33,6 +33,7 @@ _active: Experiment | None = None
 _instrumentors: list[Any] = []  # Instrumentor; imported lazily (wrapt) to keep `import tracelet` cheap
 _collectors: list[Any] = []
 _console: Any = None  # ConsoleCapture of the active run
+_safety: Any = None  # the active run's instrumentation Safety: its failures and its cost
 _atexit_registered = False
 _previous_excepthook: Any = None
 _previous_sigterm: Any = None
@@ -107,8 +108,17 @@ def stop_logging(timeout: float | None = None) -> RunReport | None:
             return None
         _active = None
         console = _stop_console(experiment)
+        safety = _safety
         _deactivate()
+        if safety is not None and safety.calls and experiment.settings.self_telemetry:
+            experiment._emit_metrics(
+                {"tracelet/hook_time_s": safety.seconds, "tracelet/hook_calls": safety.calls},
+                None,
+                time.time(),
+            )
         report = experiment._end(experiment.settings.stop_timeout if timeout is None else timeout)
+        if safety is not None:
+            report.hook_seconds, report.hook_calls = safety.seconds, safety.calls
         if console is not None and report.done:
             console.cleanup()  # every backend has its copy
     if experiment.is_recording or report.backends:
@@ -129,7 +139,7 @@ def _new_console() -> Any:
 
 
 def _activate(experiment: Experiment, console: Any) -> None:
-    global _active, _atexit_registered, _console
+    global _active, _atexit_registered, _console, _safety
     _active = experiment
     settings = experiment.settings
     if experiment.is_recording and (
@@ -137,7 +147,7 @@ def _activate(experiment: Experiment, console: Any) -> None:
     ):
         from tracelet.instrumentation.base import Safety
 
-        safety = Safety(settings.strict)
+        safety = _safety = Safety(settings.strict)
         if settings.track_lightning:
             from tracelet.instrumentation.lightning import LightningInstrumentor
 
@@ -176,6 +186,8 @@ def _stop_console(experiment: Experiment) -> Any:
 
 
 def _deactivate() -> None:
+    global _safety
+    _safety = None
     while _collectors:
         _collectors.pop().stop()
     while _instrumentors:

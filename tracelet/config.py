@@ -239,6 +239,13 @@ OPTIONS: tuple[Option, ...] = (
         "Where journals go: a directory per run (`tracelet runs` lists them).",
     ),
     Option(
+        "self_telemetry",
+        "TRACELET_SELF_TELEMETRY",
+        True,
+        _parse_bool,
+        "Send tracelet's own cost on the training thread as tracelet/hook_time_s and tracelet/hook_calls.",
+    ),
+    Option(
         "strict",
         "TRACELET_STRICT",
         False,
@@ -290,6 +297,7 @@ class Settings:
     track_console: bool
     journal: bool
     journal_dir: str
+    self_telemetry: bool
     strict: bool
     queue_size: int
     stop_timeout: float

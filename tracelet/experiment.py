@@ -31,9 +31,17 @@ class RunReport:
     status: str
     done: bool
     backends: dict[str, BackendStats]
+    hook_seconds: float = 0.0  # time spent in tracelet's code inside patched functions
+    hook_calls: int = 0
 
     def lines(self) -> list[str]:
-        return [_summary_line(stats, self.done) for stats in self.backends.values()]
+        lines = [_summary_line(stats, self.done) for stats in self.backends.values()]
+        if self.hook_calls:
+            lines.append(
+                f"cost on the training thread: {self.hook_seconds * 1e3:.1f} ms in {self.hook_calls} "
+                f"captures ({self.hook_seconds / self.hook_calls * 1e6:.1f} us each)"
+            )
+        return lines
 
 
 class Experiment:
@@ -192,7 +200,10 @@ class Experiment:
 
 
 def _summary_line(stats: BackendStats, all_done: bool) -> str:
-    parts = [f"{stats.name}: {stats.sent} events sent, {stats.dropped} dropped, {stats.failed} failed"]
+    parts = [
+        f"{stats.name}: {stats.sent} events sent, {stats.dropped} dropped, {stats.failed} failed, "
+        f"peak queue {stats.high_water}"
+    ]
     if stats.reasons:
         parts.append("(" + ", ".join(f"{reason}: {n}" for reason, n in sorted(stats.reasons.items())) + ")")
     if stats.state == "failed":

@@ -130,6 +130,8 @@ class ProcessTransport:
         except Exception:  # a reply we cannot decode: stop listening, the bus reports it
             log.exception("tracelet could not read a reply from its writer process")
         finally:
+            with contextlib.suppress(OSError):
+                self._replies.close()  # the writer is gone: do not wait for the GC to free the fd
             self._on_exit()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import Any
@@ -30,13 +31,17 @@ class TraceletInternalError(RuntimeError):
 
 
 class Safety:
-    """Counts tracelet's own failures inside patches; strict mode re-raises them."""
+    """Runs tracelet's code inside patches: counts its failures (strict mode re-raises them) and
+    the time it takes, which is tracelet's cost on the user's thread (self-telemetry)."""
 
     def __init__(self, strict: bool) -> None:
         self.strict = strict
         self.errors = 0
+        self.calls = 0
+        self.seconds = 0.0
 
     def run(self, where: str, fn: Callable[..., Any], *args: Any) -> Any:
+        started = time.perf_counter()
         try:
             return fn(*args)
         except Exception as err:  # tracelet's own bug: never the user's problem
@@ -52,6 +57,9 @@ class Safety:
                 log=log,
             )
             return None
+        finally:
+            self.calls += 1
+            self.seconds += time.perf_counter() - started
 
 
 def guarded(

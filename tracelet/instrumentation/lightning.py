@@ -114,18 +114,22 @@ class LightningInstrumentor(Instrumentor):
         self._observers[namespace] = observer
 
         def before(_instance: Any, args: tuple, kwargs: dict) -> Any:
-            hook_name = args[1] if len(args) > 1 else kwargs.get("hook_name")
-            return (args[0], hook_name, args[2:]) if hook_name in _OBSERVED_HOOKS else None
+            return args[0], args[1] if len(args) > 1 else kwargs.get("hook_name"), args[2:]
 
         def after(context: Any, _result: Any) -> None:
             observer.after_hook(*context)
 
+        observed = guarded("lightning hooks", self.safety, active, before, after)
+
+        def dispatch(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
+            # ~10 hooks run per training step; only a few interest us: the rest pass straight through
+            hook_name = args[1] if len(args) > 1 else kwargs.get("hook_name")
+            if hook_name not in _OBSERVED_HOOKS:
+                return wrapped(*args, **kwargs)
+            return observed(wrapped, instance, args, kwargs)
+
         call_module = importlib.import_module(f"{namespace}.trainer.call")
-        self._wrap(
-            call_module,
-            "_call_callback_hooks",
-            guarded("lightning hooks", self.safety, active, before, after),
-        )
+        self._wrap(call_module, "_call_callback_hooks", dispatch)
 
     # -- metrics ----------------------------------------------------------------------------
     def _before_log_metrics(self, connector: Any, args: tuple, kwargs: dict) -> Any:

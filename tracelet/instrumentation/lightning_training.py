@@ -7,8 +7,9 @@ already calls (``trainer.call._call_callback_hooks`` is patched), never changing
   scheduler stepped): ``train/lr``, ``train/momentum``, ``train/beta1``/``train/beta2`` per
   param group, at the step of the batch that uses them (as Lightning's ``LearningRateMonitor``).
 - ``on_train_batch_start/end``: ``perf/`` step time, samples per second and the share of the
-  step spent waiting for the DataLoader, averaged over the batches since the last logging
-  step and logged when Lightning logs (``log_every_n_steps``); ``perf/epoch_time_s`` per epoch.
+  step spent waiting for the DataLoader, averaged over the batches since the last point and
+  logged at a step where Lightning logs (``log_every_n_steps``) once at least a second has
+  passed; ``perf/epoch_time_s`` per epoch.
   ``time.perf_counter`` only: no device synchronization.
 - after ``on_train_epoch_end``/``on_validation_end`` (where ``ModelCheckpoint`` saves): best and
   last checkpoint paths as tags, the best score as ``checkpoint/best_score``; at
@@ -31,7 +32,8 @@ if TYPE_CHECKING:
 
 log = _log.get_logger(__name__)
 
-_OPTIMIZER_SERIES = (("lr", "lr"), ("momentum", "momentum"))
+_GROUP_SCALARS = ("lr", "momentum")  # param-group keys recorded as train/<key>
+PERF_MIN_WINDOW_S = 1.0  # perf/ points average at least this much time (and land on logging steps)
 
 
 class TrainingObserver:
@@ -50,7 +52,7 @@ class TrainingObserver:
         self._perf = perf
         self._log_checkpoints = log_checkpoints
         self._checkpoint_max_bytes = checkpoint_max_mb * 2**20
-        self._last_optimizer_values: dict[str, float] = {}
+        self._optimizer_signature: list[tuple[Any, Any, Any]] = []
         self._checkpoint_state: dict[str, Any] = {}
         self._window = _PerfWindow()
         self._handlers = {
@@ -70,7 +72,7 @@ class TrainingObserver:
 
     # -- fit start: configuration ----------------------------------------------------------
     def _fit_start(self, trainer: Any, _args: tuple) -> None:
-        self._last_optimizer_values.clear()
+        self._optimizer_signature = []
         self._checkpoint_state.clear()
         params: dict[str, Any] = {"trainer": _trainer_config(trainer)}
         module = trainer.lightning_module
@@ -95,11 +97,16 @@ class TrainingObserver:
             self._emit_optimizer_state(trainer, always=True)
 
     def _emit_optimizer_state(self, trainer: Any, always: bool) -> None:
-        values = _optimizer_state(trainer.optimizers)
-        if not always and values == self._last_optimizer_values:
+        optimizers = trainer.optimizers
+        signature = [  # cheap to compare at every batch; the series are built only when it changed
+            (group.get("lr"), group.get("momentum"), group.get("betas"))
+            for optimizer in optimizers
+            for group in optimizer.param_groups
+        ]
+        if not always and signature == self._optimizer_signature:
             return
-        self._last_optimizer_values = values
-        self._experiment._emit_metrics(values, _step(trainer), time.time())
+        self._optimizer_signature = signature
+        self._experiment._emit_metrics(_optimizer_state(optimizers), _step(trainer), time.time())
 
     # -- efficiency ------------------------------------------------------------------------
     def _batch_start(self, trainer: Any, args: tuple) -> None:
@@ -107,8 +114,7 @@ class TrainingObserver:
             self._emit_optimizer_state(trainer, always=False)
         if self._perf:
             window = self._window
-            window.batch_started = time.perf_counter()
-            window.waiting += window.batch_started - window.last_end
+            window.waiting += time.perf_counter() - window.last_end
             window.batch_size = self._batch_size(args[0] if args else None, window.batch_size)
 
     def _batch_end(self, trainer: Any, _args: tuple) -> None:
@@ -120,7 +126,7 @@ class TrainingObserver:
         window.last_end = now
         window.steps += 1
         window.samples += window.batch_size or 0
-        if trainer._logger_connector.should_update_logs and window.steps:
+        if now - window.emitted >= PERF_MIN_WINDOW_S and trainer._logger_connector.should_update_logs:
             values = {
                 "perf/step_time_s": window.elapsed / window.steps,
                 "perf/dataloader_wait_share": window.waiting / window.elapsed if window.elapsed > 0 else 0.0,
@@ -128,6 +134,7 @@ class TrainingObserver:
             if window.samples and window.elapsed > 0:
                 values["perf/samples_per_s"] = window.samples / window.elapsed
             self._experiment._emit_metrics(values, _step(trainer), time.time())
+            window.emitted = now
             window.reset()
 
     # -- checkpoints and the end of the fit -----------------------------------------------
@@ -194,6 +201,10 @@ class TrainingObserver:
         """The batch size as Lightning infers it; the previous one when it cannot tell."""
         if batch is None:
             return previous
+        first = batch[0] if isinstance(batch, (list, tuple)) and batch else batch
+        shape = getattr(first, "shape", None)
+        if shape:  # a tensor, or a list/tuple starting with one: the common case, without a walk
+            return int(shape[0])
         try:
             return int(self._extract_batch_size(batch))
         except Exception:  # Lightning raises when no tensor is found; not ours to report
@@ -203,8 +214,8 @@ class TrainingObserver:
 class _PerfWindow:
     def __init__(self) -> None:
         self.epoch_started = 0.0
-        self.batch_started = 0.0
         self.last_end = time.perf_counter()
+        self.emitted = 0.0  # perf_counter() of the last perf/ point
         self.batch_size: int | None = None
         self.reset()
 
@@ -270,10 +281,10 @@ def _optimizer_state(optimizers: list[Any]) -> dict[str, float]:
             suffix = (f"/{index}" if several_optimizers else "") + (
                 f"/pg{group_index}" if len(groups) > 1 else ""
             )
-            for key, name in _OPTIMIZER_SERIES:
+            for key in _GROUP_SCALARS:
                 value = _number(group.get(key))
                 if value is not None:
-                    values[f"train/{name}{suffix}"] = value
+                    values[f"train/{key}{suffix}"] = value
             betas = group.get("betas")
             if isinstance(betas, (tuple, list)) and len(betas) == 2:
                 values[f"train/beta1{suffix}"] = float(betas[0])

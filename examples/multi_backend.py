@@ -1,0 +1,44 @@
+"""One run, three backends: MLflow (local SQLite), Weights & Biases and ClearML, both offline.
+
+The same Lightning job as the quickstart; ``backend=[...]`` is the only difference. Nothing
+leaves this machine: W&B writes ``./wandb/offline-run-*`` (upload later with ``wandb sync``),
+ClearML an offline session (import it into a server with ``Task.import_offline_session``).
+
+    python examples/multi_backend.py
+
+QUICKSTART_EPOCHS sets the length (the test suite uses 1).
+"""
+
+from __future__ import annotations
+
+import os
+
+import lightning.pytorch as pl
+from quickstart import Regressor, loaders
+
+import tracelet
+
+
+def main() -> None:
+    os.environ.setdefault("WANDB_MODE", "offline")
+    os.environ.setdefault("CLEARML_OFFLINE_MODE", "1")
+    tracelet.start_logging(
+        exp_name="multi-backend", project="tracelet-examples", backend=["mlflow", "wandb", "clearml"]
+    )
+    pl.seed_everything(0)
+    train, val = loaders()
+    trainer = pl.Trainer(
+        max_epochs=int(os.environ.get("QUICKSTART_EPOCHS", "3")),
+        logger=False,
+        enable_checkpointing=False,
+        log_every_n_steps=5,
+        accelerator="cpu",
+    )
+    trainer.fit(Regressor(), train, val)
+    report = tracelet.stop_logging()
+    for name, stats in report.backends.items():
+        print(f"{name}: {stats.sent} events -> {stats.location.view if stats.location else stats.error}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""Restart safety, concurrency, fork and self-telemetry: a tracker that never leaks and never
+loses or duplicates a point."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from collections import Counter
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from fake_backends import recorded
+from helpers import (
+    assert_same_series,
+    csv_series,
+    make_trainer,
+    mlflow_series,
+    tiny_loaders,
+    tiny_module_class,
+)
+
+import tracelet
+
+
+def _open_fds() -> set[tuple[str, str]]:
+    found = set()
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            found.add((fd, os.readlink(f"/proc/self/fd/{fd}")))
+        except OSError:  # the fd listdir itself used, closed by now
+            continue
+    return found
+
+
+def _patch_state() -> dict:
+    import argparse
+
+    from lightning.pytorch.trainer import call, trainer
+    from lightning.pytorch.trainer.connectors.logger_connector.logger_connector import _LoggerConnector
+    from torch.utils.tensorboard import SummaryWriter
+
+    return {
+        "log_metrics": vars(_LoggerConnector)["log_metrics"],
+        "hooks": vars(call)["_call_callback_hooks"],
+        "hyperparams": vars(trainer)["_log_hyperparams"],
+        "fit": vars(trainer.Trainer)["fit"],
+        "add_scalar": vars(SummaryWriter)["add_scalar"],
+        "add_hparams": vars(SummaryWriter)["add_hparams"],
+        "parse_known_args": vars(argparse.ArgumentParser)["parse_known_args"],
+        "excepthook": sys.excepthook,
+        "sigterm": signal.getsignal(signal.SIGTERM),
+        "stdout": sys.stdout,
+        "stderr": sys.stderr,
+    }
+
+
+@pytest.mark.timeout(600)
+def test_start_and_stop_100_times_leaks_no_thread_file_or_patch(monkeypatch):
+    for name in ("TRACK_ENV", "TRACK_CONSOLE", "TRACK_SYSTEM"):
+        monkeypatch.setenv(f"TRACELET_{name}", "1")
+    # one full cycle first: imports, post-import hooks and logging handlers that live for the process
+    tracelet.start_logging(backend="fake_backends:Recording", config={"metrics_interval": 1})
+    tracelet.stop_logging()
+    threads, fds, patches = set(threading.enumerate()), _open_fds(), _patch_state()
+    for i in range(100):
+        exp = tracelet.start_logging(backend="fake_backends:Recording", config={"metrics_interval": 1})
+        exp.log_metric("loss", float(i), iteration=i)
+        assert (
+            sys.stdout is not patches["stdout"]
+            and vars(__import__("lightning.pytorch.trainer.trainer", fromlist=["Trainer"]).Trainer)["fit"]
+            is not patches["fit"]
+        )
+        report = tracelet.stop_logging()
+        assert report.done and report.backends["Recording"].dropped == 0
+    # nothing the 100 runs started may survive them (threads of earlier tests may end meanwhile)
+    deadline = time.monotonic() + 15  # the last writer process may still be exiting
+    while (set(threading.enumerate()) - threads or _open_fds() - fds) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert [t.name for t in set(threading.enumerate()) - threads] == []
+    assert _open_fds() - fds == set()
+    assert _patch_state() == patches
+    assert [line[3] for line in recorded() if line[:2] == ["metric", "loss"]] == list(range(100))
+
+
+def test_eight_threads_logging_at_once_deliver_every_point_exactly_once():
+    exp = tracelet.start_logging(backend="fake_backends:Recording")
+
+    def log_from(thread: int) -> None:
+        for i in range(5_000):
+            exp.log_metric(f"thread{thread}", float(i), iteration=i)
+
+    threads = [threading.Thread(target=log_from, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    report = tracelet.stop_logging()
+    assert report.backends["Recording"].sent == 40_000 and report.backends["journal"].sent == 40_000
+    points = Counter((line[1], line[3]) for line in recorded() if line[0] == "metric")
+    assert len(points) == 40_000 and set(points.values()) == {1}
+    for t in range(8):  # and each thread's points in the order it logged them
+        steps = [line[3] for line in recorded() if line[0] == "metric" and line[1] == f"thread{t}"]
+        assert steps == list(range(5_000))
+
+
+def test_forked_dataloader_workers_neither_deadlock_nor_duplicate(tmp_path):
+    from lightning.pytorch.loggers import CSVLogger
+
+    exp = tracelet.start_logging(project="fork")
+    pl.seed_everything(7, verbose=False)
+    train, val = tiny_loaders()
+    forked = torch.utils.data.DataLoader(
+        train.dataset, batch_size=8, num_workers=2, multiprocessing_context="fork", persistent_workers=False
+    )
+    trainer = make_trainer(logger=CSVLogger(str(tmp_path / "csv"), name="job"))
+    trainer.fit(tiny_module_class()(), forked, val)
+    report = tracelet.stop_logging(timeout=60)
+    assert report.done and report.backends["mlflow"].dropped == 0
+    series = mlflow_series(exp.locations["mlflow"].run_id)
+    assert_same_series(series, csv_series(tmp_path / "csv" / "job" / "version_0" / "metrics.csv"))
+
+
+def test_the_stop_summary_reports_tracelets_own_cost(monkeypatch):
+    monkeypatch.setenv("TRACELET_SELF_TELEMETRY", "1")
+    exp = tracelet.start_logging(project="telemetry")
+    pl.seed_everything(7, verbose=False)
+    train, val = tiny_loaders()
+    make_trainer().fit(tiny_module_class()(), train, val)
+    report = tracelet.stop_logging()
+    assert report.hook_calls > 16 and 0 < report.hook_seconds < 5
+    (cost,) = [line for line in report.lines() if line.startswith("cost on the training thread")]
+    assert f"in {report.hook_calls} captures" in cost
+    assert all("peak queue" in line for line in report.lines() if line.startswith(("mlflow", "journal")))
+    assert report.backends["mlflow"].high_water > 0
+    series = mlflow_series(exp.locations["mlflow"].run_id)
+    assert series["tracelet/hook_calls"] == [(0, float(report.hook_calls))]
+    assert series["tracelet/hook_time_s"][0][1] == pytest.approx(report.hook_seconds)
