@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import time
+from pathlib import Path
 
 import pytest
 from helpers import (
@@ -187,3 +188,21 @@ def test_nan_and_inf_in_each_backend_stored_or_counted_never_silently_changed(ca
     assert clearml_series(report.backends["clearml"].location.uri)[0] == {"weird": [(3, 1.5)]}
     assert report.backends["clearml"].reasons == {"non-finite value": 3}
     assert caplog.text.count("ClearML cannot store NaN/inf") == 1
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        "tracelet.backends.mlflow:MLflowBackend",
+        "tracelet.backends.wandb:WandbBackend",
+        "tracelet.backends.clearml:ClearMLBackend",
+        "tracelet.backends.journal:JournalBackend",
+        "custom_backend:JsonLinesBackend",  # the plugin example
+    ],
+)
+def test_every_backend_keeps_the_reusable_contract(target, tmp_path, monkeypatch):
+    from tracelet.backends.base import BackendSpec, load
+    from tracelet.testing import check_backend
+
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "examples"))
+    check_backend(lambda: load(BackendSpec("contract", target)), workdir=tmp_path)
