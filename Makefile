@@ -35,6 +35,7 @@ check: lint docs test
 
 bench: install
 	$(PY) benchmarks/bench_overhead.py
+	$(PY) benchmarks/bench_paired.py
 	$(PY) benchmarks/bench_ddp.py
 	$(PY) benchmarks/bench_load.py
 
