@@ -161,3 +161,22 @@ def test_overhead_benchmark_runs_in_smoke_mode():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tracelet-3" in out.stdout and out.stdout.count("dropped or failed in all runs: 0") == 2
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "expect"),
+    [
+        ("bench_paired.py", ["--steps", "30", "--pairs", "1"], "median pair ratio"),
+        ("bench_load.py", ["--events", "20000"], "bus.emit on the calling thread"),
+        ("bench_ddp.py", ["--rounds", "1", "--epochs", "1"], "with tracelet"),
+    ],
+)
+def test_other_benchmarks_run_in_smoke_mode(script, args, expect):
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES.parent / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert expect in out.stdout
