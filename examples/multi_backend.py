@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import os
 
-import lightning.pytorch as pl
-from quickstart import Regressor, loaders
+from quickstart import train
 
 import tracelet
 
@@ -22,19 +21,9 @@ import tracelet
 def main() -> None:
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("CLEARML_OFFLINE_MODE", "1")
-    tracelet.start_logging(
-        exp_name="multi-backend", project="tracelet-examples", backend=["mlflow", "wandb", "clearml"]
-    )
-    pl.seed_everything(0)
-    train, val = loaders()
-    trainer = pl.Trainer(
-        max_epochs=int(os.environ.get("QUICKSTART_EPOCHS", "3")),
-        logger=False,
-        enable_checkpointing=False,
-        log_every_n_steps=5,
-        accelerator="cpu",
-    )
-    trainer.fit(Regressor(), train, val)
+    backends = ["mlflow", "wandb", "clearml"]
+    tracelet.start_logging(exp_name="multi-backend", project="tracelet-examples", backend=backends)
+    train(default_epochs=3)  # the quickstart's job, unchanged
     report = tracelet.stop_logging()
     for name, stats in report.backends.items():
         print(f"{name}: {stats.sent} events -> {stats.location.view if stats.location else stats.error}")

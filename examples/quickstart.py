@@ -52,20 +52,23 @@ def loaders() -> tuple[DataLoader, DataLoader]:
     )
 
 
-def main() -> None:
-    experiment = tracelet.start_logging(exp_name="quickstart", project="tracelet-examples")
-
+def train(default_epochs: int = 5) -> None:
+    """A plain Lightning fit, no logger: what tracelet captures is what it logs."""
     pl.seed_everything(0)
-    train, val = loaders()
+    train_data, val_data = loaders()
     trainer = pl.Trainer(
-        max_epochs=int(os.environ.get("QUICKSTART_EPOCHS", "5")),
+        max_epochs=int(os.environ.get("QUICKSTART_EPOCHS", str(default_epochs))),
         logger=False,
         enable_checkpointing=False,
         log_every_n_steps=5,
         accelerator="cpu",
     )
-    trainer.fit(Regressor(), train, val)
+    trainer.fit(Regressor(), train_data, val_data)
 
+
+def main() -> None:
+    experiment = tracelet.start_logging(exp_name="quickstart", project="tracelet-examples")
+    train()
     report = tracelet.stop_logging()
     location = report.backends["mlflow"].location
     print(f"\nrun {experiment.name!r} ({report.status}) is in MLflow as run {location.run_id}")
