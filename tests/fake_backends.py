@@ -82,6 +82,12 @@ def recorded(name: str = "Recording") -> list[list]:
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
+class FailingClose(Recording):
+    def close(self, status: str) -> None:
+        super().close(status)
+        raise RuntimeError("server said 500 on close")
+
+
 class Blocking(Recording):
     """Blocks for three seconds on every batch."""
 

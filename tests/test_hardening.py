@@ -18,6 +18,7 @@ from helpers import (
     assert_same_series,
     csv_series,
     make_trainer,
+    mlflow_run,
     mlflow_series,
     tiny_loaders,
     tiny_module_class,
@@ -139,3 +140,78 @@ def test_the_stop_summary_reports_tracelets_own_cost(monkeypatch):
     series = mlflow_series(exp.locations["mlflow"].run_id)
     assert series["tracelet/hook_calls"] == [(0, float(report.hook_calls))]
     assert series["tracelet/hook_time_s"][0][1] == pytest.approx(report.hook_seconds)
+
+
+def test_a_backend_that_raises_on_close_is_reported_and_costs_the_others_nothing(caplog):
+    exp = tracelet.start_logging(backend=["fake_backends:FailingClose", "fake_backends:Recording"])
+    for i in range(100):
+        exp.log_metric("loss", float(i), iteration=i)
+    report = tracelet.stop_logging()
+    assert report.done and report.status == "FINISHED"
+    failing = report.backends["FailingClose"]
+    assert failing.sent == 100 and "close failed: RuntimeError: server said 500 on close" in failing.error
+    assert report.backends["Recording"].sent == 100
+    assert sum("failed to close" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_ten_thousand_distinct_metric_names_all_arrive():
+    exp = tracelet.start_logging(project="names")
+    for i in range(10_000):
+        exp.log_metric(f"layer_{i:05d}/grad_norm", i / 10, iteration=0)
+    report = tracelet.stop_logging(timeout=120)
+    assert report.backends["mlflow"].sent == report.backends["journal"].sent == 10_000
+    series = mlflow_series(exp.locations["mlflow"].run_id)
+    assert len(series) == 10_000 and series["layer_09999/grad_norm"] == [(0, 999.9)]
+
+
+SIGINT_FIT = """
+import os, signal, sys
+sys.path.insert(0, {tests!r})
+import lightning.pytorch as pl
+from helpers import make_trainer, tiny_loaders, tiny_module_class
+import tracelet
+
+seen = []
+
+
+def previous(signum, frame):  # the program's own handler, installed before tracelet
+    seen.append(signum)
+    signal.default_int_handler(signum, frame)
+
+
+signal.signal(signal.SIGINT, previous)
+
+
+class InterruptAt(pl.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if trainer.global_step == 5:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+tracelet.start_logging(project="sigint")
+train, val = tiny_loaders()
+trainer = make_trainer(log_every_n_steps=1, callbacks=[InterruptAt()], max_epochs=5)
+try:
+    trainer.fit(tiny_module_class()(), train, val)
+finally:
+    print("previous handler called:", seen == [signal.SIGINT])
+"""
+
+
+def test_sigint_mid_fit_marks_the_run_killed_and_the_previous_handler_still_runs(tmp_path):
+    import subprocess
+
+    from tracelet import journal
+
+    (tmp_path / "job.py").write_text(SIGINT_FIT.format(tests=os.path.dirname(__file__)))
+    out = subprocess.run(
+        [sys.executable, "job.py"], cwd=tmp_path, capture_output=True, text=True, timeout=300
+    )
+    assert "previous handler called: True" in out.stdout, out.stderr[-3000:]
+    (record,) = journal.find(tmp_path / "tracelet-runs")
+    assert record.status == "KILLED"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run_id = record.delivery["mlflow"]["run_id"]
+    assert mlflow_run(run_id, uri).info.status == "KILLED"
+    # the interrupt came in the hook of the 5th batch, before Lightning logged it (step 4)
+    assert [s for s, _ in mlflow_series(run_id, uri)["train/loss_step"]] == [0, 1, 2, 3]
