@@ -15,7 +15,7 @@ os.environ.setdefault("PYTHONWARNINGS", "ignore")
 def _isolated_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for name in list(os.environ):
-        if name.startswith(("TRACELET_", "MLFLOW_", "WANDB_", "CLEARML_")):
+        if name.startswith(("TRACELET_", "MLFLOW_", "WANDB_", "CLEARML_", "TRAINS_")):
             monkeypatch.delenv(name)
     monkeypatch.setenv("TRACELET_STRICT", "1")
     # collectors add events that most tests count exactly; the tests of collectors turn them on

@@ -206,3 +206,16 @@ def test_every_backend_keeps_the_reusable_contract(target, tmp_path, monkeypatch
 
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "examples"))
     check_backend(lambda: load(BackendSpec("contract", target)), workdir=tmp_path)
+
+
+def test_clearml_in_the_writer_is_its_own_task_when_the_training_process_has_one(monkeypatch):
+    # what ClearML leaves in the environment of a process that called Task.init itself
+    monkeypatch.setenv("CLEARML_PROC_MASTER_ID", "1:0123456789abcdef")
+    monkeypatch.setenv("TRAINS_PROC_MASTER_ID", "1:0123456789abcdef")
+    exp = tracelet.start_logging(backend="clearml")
+    exp.log_metric("train/loss", 0.5, iteration=1)
+    report = tracelet.stop_logging()
+    stats = report.backends["clearml"]
+    assert stats.state == "closed" and stats.sent == 1, stats.error
+    series, task = clearml_series(stats.location.uri)
+    assert series == {"train/loss": [(1, 0.5)]} and task["id"] == stats.location.run_id

@@ -13,6 +13,8 @@ import os
 import sys
 from typing import Any
 
+from tracelet.backends.base import WRITER_ENV
+
 AUTOSTART_ENV = "TRACELET_AUTOSTART"
 OWNER_ENV = "TRACELET_AUTOSTART_OWNER"  # pid of the process of this job that tracks
 _LAUNCHER_MODULES = {"torch.distributed.run", "torch.distributed.launch"}
@@ -29,7 +31,7 @@ def should_start(environ: Any = None, orig_argv: list[str] | None = None, pid: i
     argv = list(sys.orig_argv if orig_argv is None else orig_argv)
     if environ.get(AUTOSTART_ENV, "").strip().lower() not in ("1", "true", "yes", "on"):
         return False
-    if environ.get("TRACELET_WRITER_PROCESS"):
+    if environ.get(WRITER_ENV):
         return False
     owner = environ.get(OWNER_ENV)
     if owner and owner != str(os.getpid() if pid is None else pid):

@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 from tracelet import _log
+from tracelet.backends.base import WRITER_ENV  # set inside the writer so nothing there starts tracking
 from tracelet.dispatcher import Dispatcher, Reply
 
 log = _log.get_logger(__name__)
 
 _HEADER = struct.Struct(">I")
-WRITER_ENV = "TRACELET_WRITER_PROCESS"  # set inside the writer so nothing there starts tracking
 
 
 def write_frame(stream: BinaryIO, obj: Any) -> None:

@@ -26,6 +26,7 @@ from tracelet.config import ConfigError
 from tracelet.events import Event
 
 ENTRY_POINT_GROUP = "tracelet.backends"
+WRITER_ENV = "TRACELET_WRITER_PROCESS"  # set in the writer process, where backends run
 
 
 class RunInfo(NamedTuple):

@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 from tracelet import _log
-from tracelet.backends.base import RunInfo, RunLocation
+from tracelet.backends.base import WRITER_ENV, RunInfo, RunLocation
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 from tracelet.values import flatten
 
@@ -61,6 +61,9 @@ def _scalar_or_text(value: Any) -> Any:
     return value if value is None or isinstance(value, (bool, int, float, str)) else str(value)
 
 
+_MASTER_ID_VARIABLES = ("CLEARML_PROC_MASTER_ID", "TRAINS_PROC_MASTER_ID")
+
+
 class ClearMLBackend:
     """The ``clearml`` backend."""
 
@@ -77,6 +80,12 @@ class ClearMLBackend:
         from clearml.backend_interface.task.task import Task as TaskBase
 
         TaskBase._report_subprocess_enabled = False  # we are the background process already
+        if os.environ.get(WRITER_ENV):
+            # Inherited from a training process with a ClearML task of its own, these make ClearML
+            # treat the writer as that task's child and hand it a do-nothing stub. The writer's task
+            # is its own (in writer="thread" mode the training process's ClearML state is left alone).
+            for variable in _MASTER_ID_VARIABLES:
+                os.environ.pop(variable, None)
         script = os.path.basename(run.argv[0]) if run.argv and run.argv[0] else ""
         self._task = Task.init(
             project_name=run.project or "tracelet",
@@ -87,6 +96,11 @@ class ClearMLBackend:
             auto_connect_arg_parser=False,
             auto_connect_streams=False,
         )
+        if not isinstance(self._task, TaskBase):  # a StubObject: everything sent would vanish
+            raise RuntimeError(
+                "ClearML returned a stub task (it believes this process is a child of another ClearML "
+                "task, or it is not configured); nothing would be recorded"
+            )
         self._task.set_user_properties(tracelet_run_uid=run.run_uid)
         if run.git is not None:
             self._set_repository(run)
