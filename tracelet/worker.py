@@ -45,6 +45,10 @@ class BackendStats:
         self.dropped += count
         self.reasons[reason] = self.reasons.get(reason, 0) + count
 
+    def fail(self, count: int, reason: str) -> None:
+        self.failed += count
+        self.reasons[reason] = self.reasons.get(reason, 0) + count
+
 
 class _Marker:
     """A flush request travelling in the queue behind the events it must wait for."""
@@ -154,11 +158,7 @@ class BackendWorker:
             self.stats.drop(countable, "run already ended")
             return
         reason, counts_as_failed = self._unwritable
-        if counts_as_failed:
-            self.stats.failed += countable
-            self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + countable
-        else:
-            self.stats.drop(countable, reason)
+        (self.stats.fail if counts_as_failed else self.stats.drop)(countable, reason)
 
     def _main(self) -> None:
         backend = self._open()
@@ -312,8 +312,7 @@ class BackendWorker:
     def _give_up(self, batch: list[Event], err: Exception) -> None:
         reason = f"write error: {type(err).__name__}"
         with self._cond:
-            self.stats.failed += len(batch)
-            self.stats.reasons[reason] = self.stats.reasons.get(reason, 0) + len(batch)
+            self.stats.fail(len(batch), reason)
         self._disable(f"write failed: {type(err).__name__}: {err}", reason, counts_as_failed=True)
         log.warning(
             "backend %r failed to write (%s: %s) after %d attempts and is disabled for this run; "

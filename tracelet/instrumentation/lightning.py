@@ -64,7 +64,6 @@ class LightningInstrumentor(Instrumentor):
     def __init__(self, experiment: Experiment, safety: Safety) -> None:
         super().__init__(safety)
         self._experiment = experiment
-        self._observers: dict[str, Any] = {}  # namespace -> TrainingObserver
 
     def _apply(self, trainer_module: ModuleType) -> None:
         namespace = trainer_module.__name__[: -len(".trainer.trainer")]
@@ -111,7 +110,6 @@ class LightningInstrumentor(Instrumentor):
             checkpoint_max_mb=settings.checkpoint_max_mb,
             extract_batch_size=data_module.extract_batch_size,
         )
-        self._observers[namespace] = observer
 
         def before(_instance: Any, args: tuple, kwargs: dict) -> Any:
             return args[0], args[1] if len(args) > 1 else kwargs.get("hook_name"), args[2:]
