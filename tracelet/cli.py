@@ -19,13 +19,8 @@ from tracelet import autostart, config, journal
 from tracelet.backends import base
 from tracelet.config import ConfigError
 
-# flags of `tracelet run`, each the twin of a TRACELET_* variable
-_RUN_FLAGS = {
-    "backend": "--backend",
-    "project": "--project",
-    "exp_name": "--exp-name",
-    "backend_url": "--backend-url",
-}
+# settings with a flag of their own in `tracelet run` (--exp-name ...); any other: --config KEY=VALUE
+_RUN_FLAGS = ("backend", "project", "exp_name", "backend_url")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
