@@ -89,9 +89,16 @@ def test_bad_manual_values_are_dropped_counted_and_warned_once_never_raised(capl
     exp.log_metric("ok", 0.5, iteration=2.0)
     exp.log_artifact("does-not-exist.bin")
     report = tracelet.stop_logging()
-    assert report.backends["Recording"].reasons == {"invalid input": 10}
+    assert report.backends["Recording"].reasons == {
+        "invalid metric: not a number": 6,
+        "invalid metric: step not a whole number": 3,
+        "artifact not found": 1,
+    }
     assert [line for line in recorded() if line[0] == "metric"] == [["metric", "ok", 0.5, 2]]
-    assert caplog.text.count("metric 'acc'") == 1 and caplog.text.count("metric 'loss'") == 1
+    # one warning per cause, naming the first metric that had it
+    assert caplog.text.count("metric 'acc': not a number") == 1
+    assert caplog.text.count("metric 'loss': step not a whole number") == 1
+    assert caplog.text.count("does-not-exist.bin") == 1
 
 
 def test_tensor_and_numpy_values_are_accepted():

@@ -6,8 +6,10 @@ from __future__ import annotations
 import logging
 import time
 
-from tracelet.backends.base import RunInfo, RunLocation
-from tracelet.events import Metric, RunEnd
+import pytest
+
+from tracelet.backends.base import RunInfo, RunLocation, WriteInterrupted
+from tracelet.events import Metric, Params, RunEnd
 from tracelet.worker import BackendWorker
 
 RUN = RunInfo("uid", "p", "n", None, None, 0.0, {})
@@ -78,3 +80,143 @@ def test_the_end_of_the_run_cuts_the_backoff_short():
     stats = worker.snapshot()
     assert stats.state == "failed" and stats.dropped == 10
     assert stats.reasons == {"backend failed to open": 10}
+
+
+class HalfThenFails(Flaky):
+    """Stores the first half of one batch, then fails: a retry must not store that half again."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.interrupted = False
+
+    def write(self, batch):
+        if not self.interrupted and len(batch) > 1:
+            self.interrupted = True
+            half = len(batch) // 2
+            self.written.extend(batch[:half])
+            raise WriteInterrupted(half, {}, ConnectionError("reset by peer"))
+        self.written.extend(batch)
+
+
+def test_a_write_interrupted_part_way_is_retried_from_where_it_stopped():
+    backend = HalfThenFails()
+    worker = _run(backend, 2_500)
+    stats = worker.snapshot()
+    assert backend.interrupted
+    assert (stats.sent, stats.failed, stats.dropped) == (2_500, 0, 0)
+    assert [m.step for m in backend.written] == list(range(2_500))
+
+
+def _fail_once_at_call(owner, attribute: str, call: int) -> list[int]:
+    """Make ``owner.attribute`` raise ConnectionError on its ``call``-th call, once."""
+    original = getattr(owner, attribute)
+    calls = [0]
+
+    def flaky(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == call:
+            raise ConnectionError("connection reset by peer")
+        return original(*args, **kwargs)
+
+    setattr(owner, attribute, flaky)
+    return calls
+
+
+def _mlflow_points(backend, location):
+    from helpers import mlflow_series
+
+    return mlflow_series(location.run_id, location.uri)
+
+
+def _wandb_points(backend, location):
+    from helpers import wandb_series
+
+    return wandb_series(location.uri)[0]
+
+
+def _clearml_points(backend, location):
+    from helpers import clearml_series
+
+    return clearml_series(location.uri)[0]
+
+
+def _journal_points(backend, location):
+    from tracelet import journal
+
+    series: dict = {}
+    for event in journal.events(journal.load(location.uri)):
+        if isinstance(event, Metric):
+            series.setdefault(event.name, []).append((event.step, event.value))
+    return series
+
+
+def _os_write_fails_once_part_way(monkeypatch):
+    import os
+
+    from tracelet.backends import journal as journal_backend
+
+    real_write, state = os.write, {"failed": False}
+
+    def write(fd, data):
+        if not state["failed"] and len(data) > 1000:
+            state["failed"] = True
+            real_write(fd, bytes(data[: len(data) // 3]))
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(journal_backend.os, "write", write)
+    return state
+
+
+@pytest.mark.parametrize("name", ["mlflow", "wandb", "clearml", "journal"])
+def test_a_real_backend_failing_part_way_through_a_batch_stores_every_point_once(name, tmp_path, monkeypatch):
+    from tracelet.backends.base import BUILTINS, BackendSpec, load
+    from tracelet.testing import sample_run
+
+    backend = load(BackendSpec(name, BUILTINS[name].target))
+    run = sample_run(settings={"journal_dir": str(tmp_path / "runs")})
+    failing = {
+        "mlflow": ("_client", "log_batch", 1),
+        "wandb": ("_run", "log", 700),
+        "clearml": ("_logger", "report_scalar", 700),
+    }
+    original_open = backend.open
+
+    def open_then_break(run):
+        location = original_open(run)
+        if name in failing:
+            owner, attribute, call = failing[name]
+            failing[name] = _fail_once_at_call(getattr(backend, owner), attribute, call)
+        return location
+
+    backend.open = open_then_break
+    journal_state = _os_write_fails_once_part_way(monkeypatch) if name == "journal" else None
+    worker = BackendWorker(name, lambda: backend, run, 100_000, retry_delays=FAST)
+    worker.start()
+    params = Params({f"p{i}": i for i in range(150)})  # more than one MLflow log_batch holds
+    worker.submit([params] + [Metric("loss", float(i), i, 1_700_000_000.0 + i) for i in range(2_500)])
+    worker.submit([RunEnd("FINISHED")])
+    assert worker.finished.wait(60)
+    stats = worker.snapshot()
+    assert (stats.sent, stats.failed, stats.dropped) == (2_501, 0, 0), stats
+    if journal_state is not None:
+        assert journal_state["failed"]
+    else:
+        assert failing[name][0] > failing_call(name), "the injected failure never happened"
+    reader = {
+        "mlflow": _mlflow_points,
+        "wandb": _wandb_points,
+        "clearml": _clearml_points,
+        "journal": _journal_points,
+    }
+    assert reader[name](backend, stats.location)["loss"] == [(i, float(i)) for i in range(2_500)]
+    if name == "mlflow":  # params of a failed call are sent again, not taken as stored
+        from helpers import mlflow_run
+
+        assert mlflow_run(stats.location.run_id, stats.location.uri).data.params == {
+            f"p{i}": str(i) for i in range(150)
+        }
+
+
+def failing_call(name: str) -> int:
+    return {"mlflow": 1, "wandb": 700, "clearml": 700}[name]

@@ -15,7 +15,7 @@ from tracelet.bus import DeferredMetrics, EventBus, Outcome
 from tracelet.config import Settings
 from tracelet.events import FAILED, FINISHED, KILLED, Artifact, Metric, Params, Tags
 from tracelet.secrets import redact_params
-from tracelet.values import to_float, to_plain, to_step
+from tracelet.values import Unusable, safe_repr, to_float, to_plain, to_step
 from tracelet.worker import BackendStats
 
 log = _log.get_logger(__name__)
@@ -107,9 +107,9 @@ class Experiment:
         if self._bus is None:
             return
         try:
-            point = Metric(str(name), to_float(value), to_step(iteration), time.time())
-        except (TypeError, ValueError) as err:
-            self._reject(f"metric:{name}", f"metric {name!r}: {err}; the point is dropped")
+            point = Metric(_name(name), to_float(value), to_step(iteration), time.time())
+        except Exception as err:  # whatever the user handed us, the training loop never sees it
+            self._reject(name, err)
             return
         self._bus.emit(point)
 
@@ -121,7 +121,11 @@ class Experiment:
         """
         if self._bus is None or not params:
             return
-        self._bus.emit(Params(redact_params(to_plain(dict(params)))))
+        plain = to_plain(params)  # never raises: what cannot be shown becomes its repr
+        if not isinstance(plain, dict):
+            self._reject_params(f"params must be a mapping or a Namespace, not {type(params).__name__}")
+            return
+        self._bus.emit(Params(redact_params(plain)))
 
     def set_tag(self, key: str, value: Any) -> None:
         self.set_tags({key: value})
@@ -129,7 +133,11 @@ class Experiment:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         if self._bus is None or not tags:
             return
-        self._bus.emit(Tags({str(k): str(to_plain(v)) for k, v in tags.items()}))
+        plain = to_plain(tags)
+        if not isinstance(plain, dict):
+            self._reject_params(f"tags must be a mapping, not {type(tags).__name__}")
+            return
+        self._bus.emit(Tags({k: str(v) for k, v in plain.items()}))
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Copy a local file or directory into the run (under ``artifact_path`` when given).
@@ -141,7 +149,7 @@ class Experiment:
             return
         full = os.path.abspath(os.fspath(path))
         if not os.path.exists(full):
-            self._reject(f"artifact:{full}", f"artifact {full!r} does not exist; not logged")
+            self._reject_artifact(full)
             return
         self._bus.emit(Artifact(full, artifact_path))
 
@@ -159,8 +167,8 @@ class Experiment:
         for name, value in values.items():
             try:
                 number = value if type(value) is float else to_float(value)
-            except (TypeError, ValueError) as err:
-                self._reject(f"metric:{name}", f"metric {name!r}: {err}; the point is dropped")
+            except Exception as err:
+                self._reject(name, err)
                 continue
             bus.emit(Metric(name, number, step, timestamp))
 
@@ -171,10 +179,30 @@ class Experiment:
         if self._bus is not None:
             self._bus.emit(DeferredMetrics(names, values, step, timestamp))
 
-    def _reject(self, cause: str, message: str) -> None:
+    def _reject(self, name: Any, err: Exception) -> None:
+        """Count a point that has no usable value or step; warn once per kind of problem."""
+        cause = err.cause if isinstance(err, Unusable) else f"{type(err).__name__} while reading it"
         if self._bus is not None:
-            self._bus._count_drop(1, "invalid input")
-        _log.warn_once(cause, message, log=log)
+            self._bus._count_drop(1, f"invalid metric: {cause}")
+        _log.warn_once(
+            f"invalid-metric:{cause}",
+            "metric %s: %s; the point is dropped. Later points with this problem are dropped "
+            "without a warning and counted in the stop summary ('invalid metric: %s').",
+            _name_for_message(name),
+            err,
+            cause,
+            log=log,
+        )
+
+    def _reject_params(self, message: str) -> None:
+        if self._bus is not None:
+            self._bus._count_drop(1, "invalid params")
+        _log.warn_once(f"invalid-params:{message}", "%s; not logged", message, log=log)
+
+    def _reject_artifact(self, path: str) -> None:
+        if self._bus is not None:
+            self._bus._count_drop(1, "artifact not found")
+        _log.warn_once(f"artifact:{path}", "artifact %r does not exist; not logged", path, log=log)
 
     def _mark_status(self, status: str, exc: BaseException | None = None) -> None:
         """Keep the most severe status seen: FAILED > KILLED > FINISHED."""
@@ -197,6 +225,15 @@ class Experiment:
         outcome: Outcome = self._bus.shutdown(status, timeout)
         self._report = RunReport(status, outcome.done, outcome.stats)
         return self._report
+
+
+def _name(name: Any) -> str:
+    return name if type(name) is str else str(name)
+
+
+def _name_for_message(name: Any) -> str:
+    text = name if isinstance(name, str) else safe_repr(name)
+    return repr(text[:80] + "..." if len(text) > 80 else text)
 
 
 def _summary_line(stats: BackendStats, all_done: bool) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import operator
 from argparse import Namespace
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -16,35 +17,68 @@ _MAX_PLAIN_DEPTH = 8
 _MAX_SEQUENCE_ITEMS = 1000
 
 
-def to_float(value: Any) -> float:
-    """A metric value as a Python float; raises TypeError/ValueError when there is none.
+class Unusable(ValueError):
+    """A metric value or step with no number in it; ``cause`` names the kind, for counting."""
 
-    Accepts Python numbers and bools, and one-element tensors/arrays of any dtype.
+    def __init__(self, cause: str, detail: str = "") -> None:
+        super().__init__(f"{cause} ({detail})" if detail else cause)
+        self.cause = cause
+
+
+_INT64 = 2**63
+
+
+def to_float(value: Any) -> float:
+    """A metric value as a Python float; raises ``Unusable`` when there is none.
+
+    Accepts Python numbers and bools, ``Decimal``/``Fraction``, and one-element tensors/arrays
+    of any dtype. Never lets a user object's own exception through: it becomes ``Unusable``.
     """
     if isinstance(value, float):
         return value
-    if isinstance(value, (int, bool)):
+    try:
+        if isinstance(value, (int, bool)):
+            return float(value)
+        item = getattr(value, "item", None)
+        if item is not None and not isinstance(value, (str, bytes)):
+            numel = getattr(value, "numel", None) or getattr(value, "size", None)
+            count = numel() if callable(numel) else numel
+            if count is not None and count != 1:
+                raise Unusable("not one number", f"a tensor/array of {count} values")
+            try:
+                value = item()
+            except Exception as err:  # a meta tensor, a freed buffer, a broken array type
+                raise Unusable("unreadable tensor", f"{type(err).__name__}: {err}") from None
+            if isinstance(value, float):
+                return value
+        if value is None or isinstance(value, (str, bytes)):
+            raise Unusable("not a number", f"{type(value).__name__} {safe_repr(value)[:40]}")
         return float(value)
-    item = getattr(value, "item", None)
-    if item is not None:
-        numel = getattr(value, "numel", None) or getattr(value, "size", None)
-        count = numel() if callable(numel) else numel
-        if count is not None and count != 1:
-            raise ValueError(f"a metric must hold one value, this one holds {count}")
-        return float(item())
-    if isinstance(value, str):
-        raise TypeError("a metric value must be a number, not a string")
-    return float(value)
+    except Unusable:
+        raise
+    except OverflowError:
+        raise Unusable("out of float range") from None
+    except Exception as err:
+        raise Unusable("not a number", f"{type(value).__name__}: {err}") from None
 
 
 def to_step(step: Any) -> int | None:
-    """A step as an int (None stays None); floats that are whole numbers are accepted."""
+    """A step as an int (None stays None); integer types and whole floats, within int64."""
     if step is None:
         return None
-    number = to_float(step)
-    if math.isnan(number) or math.isinf(number) or number != int(number):
-        raise ValueError(f"a step must be a whole number, got {step!r}")
-    return int(number)
+    try:
+        whole = operator.index(step)  # ints, NumPy integers, integer 0-dim tensors: exact
+    except Exception:
+        try:
+            number = to_float(step)
+        except Unusable as err:
+            raise Unusable("step not a number", str(err)) from None
+        if math.isnan(number) or math.isinf(number) or number != int(number):
+            raise Unusable("step not a whole number", safe_repr(step)) from None
+        whole = int(number)
+    if not -_INT64 <= whole < _INT64:
+        raise Unusable("step out of int64 range", str(whole))
+    return whole
 
 
 def safe_repr(value: Any) -> str:
@@ -69,7 +103,11 @@ def to_plain(value: Any, _depth: int = 0) -> Any:
     if isinstance(value, Namespace):
         value = vars(value)
     if isinstance(value, Mapping):
-        return {str(k): to_plain(v, _depth + 1) for k, v in value.items()}
+        try:
+            items = list(value.items())
+        except Exception:  # a mapping that cannot be iterated: keep what can be shown
+            return safe_repr(value)
+        return {_key(k): to_plain(v, _depth + 1) for k, v in items}
     if isinstance(value, (list, tuple, set, frozenset)):
         items = list(value)[:_MAX_SEQUENCE_ITEMS]
         return [to_plain(v, _depth + 1) for v in items]
@@ -83,6 +121,15 @@ def to_plain(value: Any, _depth: int = 0) -> Any:
         except Exception:  # an exotic array type: fall back to its repr
             pass
     return safe_repr(value)
+
+
+def _key(key: Any) -> str:
+    if isinstance(key, str):
+        return key
+    try:
+        return str(key)
+    except Exception:
+        return safe_repr(key)
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:

@@ -13,11 +13,11 @@ import collections
 import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tracelet import _log
-from tracelet.backends.base import Backend, RunInfo, RunLocation
+from tracelet.backends.base import Backend, RunInfo, RunLocation, WriteInterrupted
 from tracelet.events import Event, RunEnd
 
 log = _log.get_logger(__name__)
@@ -295,19 +295,28 @@ class BackendWorker:
             try:
                 outcome = backend.write(batch)
                 break
+            except WriteInterrupted as err:  # the first part is stored: only the rest is retried
+                if err.written:
+                    self._count_written(err.written, err.rejected)
+                    batch = batch[err.written :]
+                failure: Exception = err.cause if isinstance(err.cause, Exception) else err
             except Exception as err:
-                if self._retry_after(attempt, err, "write"):
-                    attempt += 1
-                    continue
-                self._give_up(batch, err)
-                return None
+                failure = err
+            if self._retry_after(attempt, failure, "write"):
+                attempt += 1
+                continue
+            self._give_up(batch, failure)
+            return None
         rejected = {"rejected by backend": outcome} if isinstance(outcome, int) else dict(outcome or {})
-        with self._cond:
-            self.stats.sent += len(batch) - sum(rejected.values())
-            for reason, count in rejected.items():
-                if count:
-                    self.stats.drop(count, reason)
+        self._count_written(len(batch), rejected)
         return backend
+
+    def _count_written(self, count: int, rejected: Mapping[str, int]) -> None:
+        with self._cond:
+            self.stats.sent += count - sum(rejected.values())
+            for reason, number in rejected.items():
+                if number:
+                    self.stats.drop(number, reason)
 
     def _give_up(self, batch: list[Event], err: Exception) -> None:
         reason = f"write error: {type(err).__name__}"

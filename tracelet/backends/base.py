@@ -9,8 +9,10 @@ A backend is a class with three methods, called on the backend's own worker thre
         def close(self, status: str) -> None: ...              # FINISHED, FAILED or KILLED
 
 ``write`` receives events in the order they were emitted and returns how many it
-rejected under its own rules (an int, or a dict reason -> count); raising marks the whole
-batch failed. Backends adapt names and values to their own limits and warn once per cause
+rejected under its own rules (an int, or a dict reason -> count). Raising makes the worker
+retry the batch after a backoff: a backend that stored part of it first raises
+``WriteInterrupted(written, rejected, cause)`` so the retry sends only the rest and no point
+is stored twice. Backends adapt names and values to their own limits and warn once per cause
 through ``logging``. Third-party backends register the class under the entry-point group
 ``tracelet.backends``.
 """
@@ -60,6 +62,17 @@ class Backend(Protocol):
     def write(self, batch: list[Event]) -> int | Mapping[str, int] | None: ...
 
     def close(self, status: str) -> None: ...
+
+
+class WriteInterrupted(Exception):
+    """``write`` stored the batch's first ``written`` events (``rejected``: its refusals among
+    them) and then failed with ``cause``; the worker retries the rest only."""
+
+    def __init__(self, written: int, rejected: Mapping[str, int] | None, cause: BaseException) -> None:
+        super().__init__(f"{type(cause).__name__}: {cause}")
+        self.written = written
+        self.rejected = dict(rejected or {})
+        self.cause = cause
 
 
 class _Builtin(NamedTuple):

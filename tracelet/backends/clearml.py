@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 from tracelet import _log
-from tracelet.backends.base import WRITER_ENV, RunInfo, RunLocation
+from tracelet.backends.base import WRITER_ENV, RunInfo, RunLocation, WriteInterrupted
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 from tracelet.values import flatten
 
@@ -133,38 +133,44 @@ class ClearMLBackend:
 
     def write(self, batch: list[Event]) -> dict[str, int]:
         rejected: dict[str, int] = {}
-        for event in batch:
-            if isinstance(event, Metric):
-                if not math.isfinite(event.value):
-                    # ClearML would report NaN/inf as 0.0 (its server cannot store them): a lie
-                    rejected["non-finite value"] = rejected.get("non-finite value", 0) + 1
-                    _log.warn_once(
-                        f"clearml-nonfinite:{event.name}",
-                        "ClearML cannot store NaN/inf; such points of %r are dropped (counted)",
-                        event.name,
-                        log=log,
-                    )
-                    continue
-                title, series = title_and_series(event.name)
-                step = event.step if event.step is not None else 0
-                self._logger.report_scalar(title, series, event.value, iteration=step)
-            elif isinstance(event, Params):
-                self._task.update_parameters(
-                    {f"General/{k}": _scalar_or_text(v) for k, v in flatten(event.values)}
-                )
-            elif isinstance(event, Tags):
-                self._task.set_user_properties(**{k: str(v) for k, v in event.values.items()})
-            elif isinstance(event, Artifact):
-                if os.path.exists(event.path):
-                    name = "/".join(
-                        p for p in (event.artifact_path, os.path.basename(event.path.rstrip("/"))) if p
-                    )
-                    self._task.upload_artifact(name, artifact_object=event.path, wait_on_upload=True)
-                else:
-                    rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
-            elif not isinstance(event, RunEnd):
-                rejected["unknown event type"] = rejected.get("unknown event type", 0) + 1
+        for index, event in enumerate(batch):
+            try:
+                self._write_one(event, rejected)
+            except Exception as err:  # events before this one are reported: a retry starts here
+                raise WriteInterrupted(index, rejected, err) from err
         return rejected
+
+    def _write_one(self, event: Event, rejected: dict[str, int]) -> None:
+        if isinstance(event, Metric):
+            if not math.isfinite(event.value):
+                # ClearML would report NaN/inf as 0.0 (its server cannot store them): a lie
+                rejected["non-finite value"] = rejected.get("non-finite value", 0) + 1
+                _log.warn_once(
+                    f"clearml-nonfinite:{event.name}",
+                    "ClearML cannot store NaN/inf; such points of %r are dropped (counted)",
+                    event.name,
+                    log=log,
+                )
+                return
+            title, series = title_and_series(event.name)
+            step = event.step if event.step is not None else 0
+            self._logger.report_scalar(title, series, event.value, iteration=step)
+        elif isinstance(event, Params):
+            self._task.update_parameters(
+                {f"General/{k}": _scalar_or_text(v) for k, v in flatten(event.values)}
+            )
+        elif isinstance(event, Tags):
+            self._task.set_user_properties(**{k: str(v) for k, v in event.values.items()})
+        elif isinstance(event, Artifact):
+            if os.path.exists(event.path):
+                name = "/".join(
+                    p for p in (event.artifact_path, os.path.basename(event.path.rstrip("/"))) if p
+                )
+                self._task.upload_artifact(name, artifact_object=event.path, wait_on_upload=True)
+            else:
+                rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
+        elif not isinstance(event, RunEnd):
+            rejected["unknown event type"] = rejected.get("unknown event type", 0) + 1
 
     def close(self, status: str) -> None:
         from clearml import Task

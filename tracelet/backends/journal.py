@@ -2,9 +2,10 @@
 
 On by default (``journal``), in ``journal_dir`` (default ``./tracelet-runs``). It is a
 backend like the others — its own worker in the writer process — so it costs the training
-thread nothing. Each batch is written with one ``write`` and handed to the operating system
-at once (a killed process loses nothing that reached the writer); the file is ``fsync``-ed at
-most a second apart and at close. ``tracelet replay`` re-sends a journal to any backend.
+thread nothing. Each batch is appended with ``os.write`` straight to the operating system
+(a killed process loses nothing that reached the writer) and whole or not at all: a failed
+append (a full disk) is cut back, so a retry never leaves a torn or doubled record. The file
+is ``fsync``-ed at most a second apart and at close. ``tracelet replay`` re-sends a journal to any backend.
 See ``tracelet.journal`` for the format.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from typing import IO, Any
+from typing import Any
 
 from tracelet import journal
 from tracelet.backends.base import RunInfo, RunLocation
@@ -28,7 +29,7 @@ class JournalBackend:
 
     def __init__(self) -> None:
         self._dir = ""
-        self._file: IO[str] | None = None
+        self._fd: int | None = None
         self._meta: dict[str, Any] = {}
         self._artifacts = 0
         self._synced = time.monotonic()
@@ -51,11 +52,13 @@ class JournalBackend:
             "git": run.git._asdict() if run.git is not None else None,
         }
         journal.write_json(os.path.join(self._dir, journal.RUN_FILE), self._meta)
-        self._file = open(os.path.join(self._dir, journal.EVENTS_FILE), "a", encoding="utf-8")  # noqa: SIM115
+        self._fd = os.open(
+            os.path.join(self._dir, journal.EVENTS_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+        )
         return RunLocation("journal", run.run_uid, self._dir, f"tracelet replay {self._dir} --backend mlflow")
 
     def write(self, batch: list[Event]) -> dict[str, int]:
-        assert self._file is not None
+        assert self._fd is not None
         rejected: dict[str, int] = {}
         lines = []
         for event in batch:
@@ -65,23 +68,33 @@ class JournalBackend:
             except (OSError, TypeError, ValueError) as err:
                 reason = f"not journaled: {type(err).__name__}"
                 rejected[reason] = rejected.get(reason, 0) + 1
-        self._file.write("".join(lines))
-        self._file.flush()  # in the OS now: survives this process being killed
+        self._append("".join(lines).encode("utf-8", "surrogatepass"))
         if time.monotonic() - self._synced >= SYNC_INTERVAL_S:
             self._sync()
         return rejected
 
     def close(self, status: str) -> None:
-        if self._file is not None:
+        if self._fd is not None:
             self._sync()
-            self._file.close()
-            self._file = None
+            os.close(self._fd)
+            self._fd = None
         self._meta.update(status=status, ended_at=time.time())
         journal.write_json(os.path.join(self._dir, journal.RUN_FILE), self._meta)
 
+    def _append(self, data: bytes) -> None:
+        assert self._fd is not None
+        start = os.fstat(self._fd).st_size
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except BaseException:
+            os.ftruncate(self._fd, start)  # whole batches only: the worker retries this one
+            raise
+
     def _sync(self) -> None:
-        assert self._file is not None
-        os.fsync(self._file.fileno())
+        assert self._fd is not None
+        os.fsync(self._fd)
         self._synced = time.monotonic()
 
     def _copy(self, event: Artifact) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from tracelet import _log
-from tracelet.backends.base import RunInfo, RunLocation
+from tracelet.backends.base import RunInfo, RunLocation, WriteInterrupted
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 from tracelet.values import flatten
 
@@ -152,32 +152,41 @@ class MLflowBackend:
 
     def write(self, batch: list[Event]) -> dict[str, int]:
         from mlflow.entities import Metric as MlflowMetric
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import RunTag
 
-        rejected: dict[str, int] = {}
-        metrics: list[Any] = []
-        params: list[Any] = []
-        tags: list[Any] = []
-        for event in batch:
-            if isinstance(event, Metric):
-                key = self._metric_keys(event.name)
-                step = event.step if event.step is not None else 0
-                metrics.append(MlflowMetric(key, event.value, self._timestamp_ms(key, event, step), step))
-            elif isinstance(event, Params):
-                params.extend(Param(k, v) for k, v in self._new_params(event.values, rejected))
-            elif isinstance(event, Tags):
-                tags.extend(
-                    RunTag(self._tag_keys(k), _truncate(str(v), MAX_TAG_VALUE, "tag", k))
-                    for k, v in event.values.items()
-                )
-            elif isinstance(event, Artifact):
-                self._send(metrics, params, tags, rejected)
-                metrics, params, tags = [], [], []
-                self._log_artifact(event, rejected)
-            elif not isinstance(event, RunEnd):
-                rejected["unknown event type"] = rejected.get("unknown event type", 0) + 1
-        self._send(metrics, params, tags, rejected)
-        return rejected
+        committed: dict[str, int] = {}  # refusals among the events already stored
+        pending = _Pending()
+        done = 0  # events of the batch stored for good: a retry starts after them
+        try:
+            for index, event in enumerate(batch):
+                if isinstance(event, Metric):
+                    key = self._metric_keys(event.name)
+                    step = event.step if event.step is not None else 0
+                    pending.metrics.append(
+                        MlflowMetric(key, event.value, self._timestamp_ms(key, event, step), step)
+                    )
+                elif isinstance(event, Params):
+                    self._add_params(event.values, pending, committed)
+                elif isinstance(event, Tags):
+                    self._flush_if_no_room(pending, len(event.values), committed)
+                    pending.tags.extend(
+                        RunTag(self._tag_keys(k), _truncate(str(v), MAX_TAG_VALUE, "tag", k))
+                        for k, v in event.values.items()
+                    )
+                elif isinstance(event, Artifact):
+                    self._flush(pending, committed)
+                    done = index
+                    self._log_artifact(event, committed)
+                    done = index + 1
+                elif not isinstance(event, RunEnd):
+                    pending.reject("unknown event type")
+                if pending.full():
+                    self._flush(pending, committed)
+                    done = index + 1
+            self._flush(pending, committed)
+        except Exception as err:
+            raise WriteInterrupted(done, committed, err) from err
+        return committed
 
     def close(self, status: str) -> None:
         self._client.set_terminated(self._run_id, status)
@@ -194,16 +203,19 @@ class MLflowBackend:
         self._last_point[key] = (timestamp, step, event.value)
         return timestamp
 
-    def _new_params(self, values: Mapping[str, Any], rejected: dict[str, int]) -> Iterator[tuple[str, str]]:
+    def _add_params(self, values: Mapping[str, Any], pending: _Pending, committed: dict[str, int]) -> None:
         """Flattened, stringified params; MLflow params are write-once, so changes are refused here."""
-        for name, value in flatten(values):
-            key = self._param_keys(name)
+        from mlflow.entities import Param
+
+        entries = [(self._param_keys(name), name, value) for name, value in flatten(values)]
+        self._flush_if_no_room(pending, len(entries), committed)
+        for key, name, value in entries:
             text = _truncate(str(value), MAX_PARAM_VALUE, "param", name)
-            previous = self._params_sent.get(key)
+            previous = pending.new_params.get(key, self._params_sent.get(key))
             if previous == text:
                 continue
             if previous is not None:
-                rejected["param value changed"] = rejected.get("param value changed", 0) + 1
+                pending.reject("param value changed")
                 _log.warn_once(
                     f"mlflow-param-changed:{key}",
                     "MLflow params cannot change within a run: %r keeps %r, the new value %r is dropped",
@@ -213,8 +225,24 @@ class MLflowBackend:
                     log=log,
                 )
                 continue
-            self._params_sent[key] = text
-            yield key, text
+            pending.new_params[key] = text
+            pending.params.append(Param(key, text))
+
+    def _flush_if_no_room(self, pending: _Pending, entries: int, committed: dict[str, int]) -> None:
+        """Params and tags that would overflow one ``log_batch`` go out after what is pending, so
+        a call that fails part-way never holds metrics already stored (params and tags may be
+        sent twice: MLflow takes an identical value again)."""
+        if pending.size() + entries > MAX_ENTITIES_PER_BATCH or (
+            max(len(pending.params), len(pending.tags)) + entries > MAX_PARAMS_OR_TAGS_PER_BATCH
+        ):
+            self._flush(pending, committed)
+
+    def _flush(self, pending: _Pending, committed: dict[str, int]) -> None:
+        self._send(pending.metrics, pending.params, pending.tags, pending.rejected)
+        self._params_sent.update(pending.new_params)
+        for reason, count in pending.rejected.items():
+            committed[reason] = committed.get(reason, 0) + count
+        pending.clear()
 
     def _send(self, metrics: list[Any], params: list[Any], tags: list[Any], rejected: dict[str, int]) -> None:
         """``log_batch`` within MLflow's limits; a refused batch is retried item by item."""
@@ -265,6 +293,31 @@ class MLflowBackend:
             self._client.log_artifacts(self._run_id, event.path, event.artifact_path)
         else:
             self._client.log_artifact(self._run_id, event.path, event.artifact_path)
+
+
+class _Pending:
+    """Entries gathered for the next ``log_batch``, and what was refused while gathering them."""
+
+    def __init__(self) -> None:
+        self.clear()
+
+    def clear(self) -> None:
+        self.metrics: list[Any] = []
+        self.params: list[Any] = []
+        self.tags: list[Any] = []
+        self.new_params: dict[str, str] = {}
+        self.rejected: dict[str, int] = {}
+
+    def size(self) -> int:
+        return len(self.metrics) + len(self.params) + len(self.tags)
+
+    def full(self) -> bool:
+        return self.size() >= MAX_ENTITIES_PER_BATCH or max(len(self.params), len(self.tags)) >= (
+            MAX_PARAMS_OR_TAGS_PER_BATCH
+        )
+
+    def reject(self, reason: str) -> None:
+        self.rejected[reason] = self.rejected.get(reason, 0) + 1
 
 
 def _is_refusal(err: Exception) -> bool:

@@ -20,7 +20,7 @@ import shutil
 from typing import Any
 
 from tracelet import _log
-from tracelet.backends.base import RunInfo, RunLocation
+from tracelet.backends.base import RunInfo, RunLocation, WriteInterrupted
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 
 log = logging.getLogger(__name__)
@@ -80,28 +80,35 @@ class WandbBackend:
         rejected: dict[str, int] = {}
         row: dict[str, Any] = {}
         row_key: tuple[int | None, float] | None = None
-        for event in batch:
-            if isinstance(event, Metric):
-                name = self._name(event.name)
-                key = (event.step, event.timestamp)
-                if row_key != key or name in row:  # one row per Lightning log_metrics call
-                    self._log_row(row, row_key)
-                    row, row_key = {}, key
-                row[name] = event.value
-                continue
+        done = 0  # events of the batch in logged rows: a retry starts after them
+        try:
+            for index, event in enumerate(batch):
+                if isinstance(event, Metric):
+                    name = self._name(event.name)
+                    key = (event.step, event.timestamp)
+                    if row_key != key or name in row:  # one row per Lightning log_metrics call
+                        self._log_row(row, row_key)
+                        done = index
+                        row, row_key = {}, key
+                    row[name] = event.value
+                    continue
+                self._log_row(row, row_key)
+                done = index
+                row, row_key = {}, None
+                if isinstance(event, Params):
+                    self._run.config.update(event.values, allow_val_change=True)
+                elif isinstance(event, Tags):
+                    self._tags.update(event.values)
+                    self._run.config.update({"tags": dict(self._tags)}, allow_val_change=True)
+                elif isinstance(event, Artifact):
+                    if not self._save_artifact(event):
+                        rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
+                elif not isinstance(event, RunEnd):
+                    rejected["unknown event type"] = rejected.get("unknown event type", 0) + 1
+                done = index + 1
             self._log_row(row, row_key)
-            row, row_key = {}, None
-            if isinstance(event, Params):
-                self._run.config.update(event.values, allow_val_change=True)
-            elif isinstance(event, Tags):
-                self._tags.update(event.values)
-                self._run.config.update({"tags": dict(self._tags)}, allow_val_change=True)
-            elif isinstance(event, Artifact):
-                if not self._save_artifact(event):
-                    rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
-            elif not isinstance(event, RunEnd):
-                rejected["unknown event type"] = rejected.get("unknown event type", 0) + 1
-        self._log_row(row, row_key)
+        except Exception as err:
+            raise WriteInterrupted(done, rejected, err) from err
         return rejected
 
     def close(self, status: str) -> None:
@@ -120,27 +127,41 @@ class WandbBackend:
         self._run.log(row)
 
     def _name(self, name: str) -> str:
-        """W&B reserves names starting with ``_`` and our step field; empty names are invalid."""
+        """W&B reserves names starting with ``_`` and our step field, reads ``*`` as a wildcard,
+        and has no empty names: such names are logged under another (one warning each)."""
         key = self._names.get(name)
         if key is None:
-            key = name
-            if not name:
+            key = name.replace("*", "_")
+            if not key:
                 key = "unnamed"
-            elif name.startswith("_") or name in (STEP_KEY, SYSTEM_STEP_KEY):
-                key = "metric" + name if name.startswith("_") else "metric/" + name
+            elif key.startswith("_") or key in (STEP_KEY, SYSTEM_STEP_KEY):
+                key = "metric" + key if key.startswith("_") else "metric/" + key
             self._names[name] = key
             if not key.startswith(SYSTEM_PREFIX):
-                # an explicit definition, which W&B prefers over the system/* glob
-                self._run.define_metric(key, step_metric=STEP_KEY, step_sync=True)
+                self._define(key)
             if key != name:
                 _log.warn_once(
                     f"wandb-key:{name}",
-                    "W&B reserves the metric name %r; it is logged as %r",
+                    "W&B cannot take the metric name %r; it is logged as %r",
                     name,
                     key,
                     log=log,
                 )
         return key
+
+    def _define(self, key: str) -> None:
+        """Plot ``key`` against the training step: an explicit definition, which W&B prefers
+        over the ``system/*`` glob."""
+        try:
+            self._run.define_metric(key, step_metric=STEP_KEY, step_sync=True)
+        except Exception as err:  # the metric is still logged, on W&B's own step axis
+            _log.warn_once(
+                f"wandb-define:{key}",
+                "W&B refused to define %r (%s); it is plotted against W&B's own step",
+                key,
+                err,
+                log=log,
+            )
 
     def _save_artifact(self, event: Artifact) -> bool:
         if not os.path.exists(event.path):
