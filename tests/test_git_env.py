@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 import tracelet
 from tracelet.collectors.environment import redact_argv
 from tracelet.collectors.git import collect, redact_url
-from tracelet.secrets import redact_params
+from tracelet.secrets import is_secret_name, redact_params
 
 SECRET = "s3cr3t-t0ken-4711"
 
@@ -181,3 +181,26 @@ def test_argparse_values_become_args_params_with_secrets_redacted(monkeypatch):
     params = [line[1] for line in recorded() if line[0] == "Params"]
     assert params == [{"args": {"lr": 0.5, "wandb_api_key": "***", "command": "train", "epochs": 7}}]
     assert vars(argparse.ArgumentParser)["parse_known_args"] is original
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "wandb_api_key",
+        "HF_TOKEN",
+        "apiKey",
+        "db_password",
+        "mytoken",
+        "AWS_SECRET_ACCESS_KEY",
+        "x.credentials",
+    ],
+)
+def test_secret_looking_names(name):
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize(
+    "name", ["max_tokens", "tokenizer", "keypoints", "author", "monkey", "num_keys", "secretary"]
+)
+def test_names_that_only_contain_a_secret_word_are_kept(name):
+    assert not is_secret_name(name)

@@ -10,7 +10,9 @@ LOGGER_NAME = "tracelet"
 logger = logging.getLogger(LOGGER_NAME)
 
 _said: set[tuple[str, str]] = set()
+_family_counts: dict[tuple[str, str], int] = {}
 _said_lock = threading.Lock()
+FAMILY_LIMIT = 10  # warnings of one family (one per renamed metric...) before the rest go unsaid
 
 
 def get_logger(name: str) -> logging.Logger:
@@ -32,14 +34,33 @@ def ensure_visible() -> None:
     logger.addHandler(handler)
 
 
-def warn_once(cause: str, message: str, *args: object, log: logging.Logger | None = None) -> bool:
-    """Log ``message`` as a warning the first time ``cause`` is seen; returns whether it was logged."""
+def warn_once(
+    cause: str,
+    message: str,
+    *args: object,
+    log: logging.Logger | None = None,
+    family: str | None = None,
+) -> bool:
+    """Log ``message`` as a warning the first time ``cause`` is seen; returns whether it was logged.
+
+    Causes of one ``family`` (a renamed metric each, say) are said ``FAMILY_LIMIT`` times; the
+    last of them says that more go unsaid, so 10,000 odd names make 10 lines, not 10,000.
+    """
     target = log or logger
     key = (target.name, cause)
     with _said_lock:
         if key in _said:
             return False
         _said.add(key)
+        said = 0
+        if family is not None:
+            said = _family_counts.get((target.name, family), 0) + 1
+            _family_counts[(target.name, family)] = said
+    if said > FAMILY_LIMIT:
+        return False
+    if said == FAMILY_LIMIT:
+        message += " (further %s warnings are not shown)"
+        args = (*args, family)
     target.warning(message, *args)
     return True
 
@@ -48,3 +69,4 @@ def forget_warnings() -> None:
     """Start a new run with a clean slate of one-time warnings."""
     with _said_lock:
         _said.clear()
+        _family_counts.clear()

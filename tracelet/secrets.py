@@ -7,12 +7,26 @@ from collections.abc import Mapping
 from typing import Any
 
 REDACTED = "***"
-_SECRET_NAME = re.compile(r"(key|token|secret|passw(or)?d|credential|auth)", re.IGNORECASE)
+# a word of the name that is one of these, or ends in one of the joined forms, marks a secret
+_SECRET_WORDS = frozenset(
+    ("key", "token", "secret", "password", "passwd", "pwd", "passphrase", "credential", "credentials", "auth")
+)
+_SECRET_ENDINGS = ("apikey", "accesskey", "secretkey", "privatekey", "token", "secret", "password", "passwd")
+_WORDS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
 
 def is_secret_name(name: str) -> bool:
-    """KEY, TOKEN, SECRET, PASSWORD (and CREDENTIAL, AUTH) anywhere in the name, any case."""
-    return bool(_SECRET_NAME.search(name))
+    """A word of the name (split at ``_ - . /`` spaces and camelCase) is KEY, TOKEN, SECRET, PASSWORD,
+    PWD, PASSPHRASE, CREDENTIAL(S) or AUTH, or ends in APIKEY, ACCESSKEY, TOKEN, SECRET, PASSWORD...
+
+    ``wandb_api_key``, ``HF_TOKEN``, ``apiKey``, ``db_password``, ``mytoken`` are secrets;
+    ``max_tokens``, ``tokenizer``, ``keypoints``, ``author``, ``monkey`` are not.
+    """
+    for word in _WORDS.findall(name):
+        word = word.lower()
+        if word in _SECRET_WORDS or word.endswith(_SECRET_ENDINGS):
+            return True
+    return False
 
 
 def redact_params(values: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import enum
 import math
 import operator
+import os
 from argparse import Namespace
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -71,8 +72,8 @@ def to_step(step: Any) -> int | None:
     except Exception:
         try:
             number = to_float(step)
-        except Unusable as err:
-            raise Unusable("step not a number", str(err)) from None
+        except Unusable:
+            raise Unusable("step not a number", safe_repr(step)[:40]) from None
         if math.isnan(number) or math.isinf(number) or number != int(number):
             raise Unusable("step not a whole number", safe_repr(step)) from None
         whole = int(number)
@@ -91,7 +92,7 @@ def safe_repr(value: Any) -> str:
 def to_plain(value: Any, _depth: int = 0) -> Any:
     """A JSON-like copy of ``value``: dicts with str keys, lists, str, int, float, bool, None.
 
-    Namespaces and mappings become dicts, tuples and sets lists, enums their value,
+    Namespaces and mappings become dicts, tuples and sets lists, enums their value, paths their text,
     tensors/arrays their ``tolist()`` (scalars their item), anything else its repr.
     """
     if value is None or isinstance(value, (bool, int, float, str)):
@@ -100,6 +101,8 @@ def to_plain(value: Any, _depth: int = 0) -> Any:
         return safe_repr(value)
     if isinstance(value, enum.Enum):
         return to_plain(value.value, _depth + 1)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
     if isinstance(value, Namespace):
         value = vars(value)
     if isinstance(value, Mapping):

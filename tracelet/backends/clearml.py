@@ -146,8 +146,9 @@ class ClearMLBackend:
                 # ClearML would report NaN/inf as 0.0 (its server cannot store them): a lie
                 rejected["non-finite value"] = rejected.get("non-finite value", 0) + 1
                 _log.warn_once(
-                    f"clearml-nonfinite:{event.name}",
-                    "ClearML cannot store NaN/inf; such points of %r are dropped (counted)",
+                    "clearml-nonfinite",
+                    "ClearML cannot store NaN/inf (it would show 0): such points are dropped and "
+                    "counted as 'non-finite value'; the first was in %r",
                     event.name,
                     log=log,
                 )

@@ -12,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import math
 import os
 import posixpath
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -30,6 +32,7 @@ MAX_PARAM_VALUE = 6000
 MAX_TAG_VALUE = 8000
 MAX_PARAMS_OR_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
+_INFINITIES = (math.inf, -math.inf)
 _INVALID_CHARS = re.compile(r"[^/\w.\- :]")
 
 
@@ -78,6 +81,7 @@ class KeyNamer:
                 name,
                 key,
                 log=log,
+                family="MLflow renamed-name",
             )
         return key
 
@@ -162,6 +166,14 @@ class MLflowBackend:
                 if isinstance(event, Metric):
                     key = self._metric_keys(event.name)
                     step = event.step if event.step is not None else 0
+                    if event.value in _INFINITIES:
+                        _log.warn_once(
+                            "mlflow-inf",
+                            "MLflow stores +/-inf as +/-%g (its own rule); first seen in metric %r",
+                            sys.float_info.max,
+                            event.name,
+                            log=log,
+                        )
                     pending.metrics.append(
                         MlflowMetric(key, event.value, self._timestamp_ms(key, event, step), step)
                     )
@@ -223,6 +235,7 @@ class MLflowBackend:
                     previous[:100],
                     text[:100],
                     log=log,
+                    family="MLflow changed-param",
                 )
                 continue
             pending.new_params[key] = text
@@ -276,7 +289,12 @@ class MLflowBackend:
                 rejected["refused by MLflow"] = rejected.get("refused by MLflow", 0) + 1
                 entry = (m or p or t)[0]
                 _log.warn_once(
-                    f"mlflow-refused:{entry.key}", "MLflow refused %r: %s", entry.key, err, log=log
+                    f"mlflow-refused:{entry.key}",
+                    "MLflow refused %r: %s",
+                    entry.key,
+                    err,
+                    log=log,
+                    family="MLflow refused-entry",
                 )
 
     def _log_artifact(self, event: Artifact, rejected: dict[str, int]) -> None:
@@ -359,6 +377,7 @@ def _truncate(text: str, limit: int, kind: str, name: str) -> str:
         name,
         len(text),
         log=log,
+        family="MLflow truncated-value",
     )
     return text[:limit]
 

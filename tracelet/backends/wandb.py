@@ -146,6 +146,7 @@ class WandbBackend:
                     name,
                     key,
                     log=log,
+                    family="W&B renamed-name",
                 )
         return key
 
@@ -161,6 +162,7 @@ class WandbBackend:
                 key,
                 err,
                 log=log,
+                family="W&B define_metric",
             )
 
     def _save_artifact(self, event: Artifact) -> bool:
