@@ -1,13 +1,17 @@
 """A backend plugin in 30 lines: every metric as one JSON line in ``metrics.jsonl``.
 
 A backend is a class with ``open(run)``, ``write(batch)`` and ``close(status)``; tracelet
-calls them on the backend's own thread in its writer process. Use it by ``module:Class``
-(as here) or, in a package, register it under the entry-point group ``tracelet.backends``::
+calls them on the backend's own thread in its writer process. In a package, register it
+under the entry-point group ``tracelet.backends`` and name it like a built-in::
 
     [project.entry-points."tracelet.backends"]
     jsonl = "my_package.backend:JsonLinesBackend"       # then backend="jsonl"
 
-    python examples/custom_backend.py
+or name it ``module:Class`` (as here). Either way tracelet imports it only from installed
+packages or PYTHONPATH — never from the working directory or the script's own directory, so
+this example's directory goes on PYTHONPATH on purpose::
+
+    PYTHONPATH=examples python examples/custom_backend.py
 """
 
 from __future__ import annotations

@@ -137,16 +137,18 @@ def test_a_blocking_and_a_raising_backend_cost_mlflow_and_training_nothing():
 
 
 def _install_plugin(tmp_path, monkeypatch) -> None:
-    """A real installed distribution (dist-info on sys.path) declaring a tracelet.backends entry point."""
-    (tmp_path / "plugin_pkg").mkdir()
-    (tmp_path / "plugin_pkg" / "__init__.py").write_text(
+    """A real installed distribution (a dist-info in a site directory on sys.path, not in the
+    working directory, which tracelet never imports from) declaring a tracelet.backends entry point."""
+    site = tmp_path / "site-packages"
+    (site / "plugin_pkg").mkdir(parents=True)
+    (site / "plugin_pkg" / "__init__.py").write_text(
         "from fake_backends import Recording\n\nclass PluginBackend(Recording):\n    pass\n"
     )
-    info = tmp_path / "tracelet_plugin_demo-0.1.dist-info"
+    info = site / "tracelet_plugin_demo-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tracelet-plugin-demo\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text("[tracelet.backends]\nmyplugin = plugin_pkg:PluginBackend\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     assert any(ep.name == "myplugin" for ep in importlib.metadata.entry_points(group="tracelet.backends"))
 

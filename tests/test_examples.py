@@ -139,7 +139,7 @@ def test_zero_code_example_runs_under_tracelet_run(tmp_path):
 def test_custom_backend_example_receives_every_metric(tmp_path):
     import json
 
-    out = _example(tmp_path, sys.executable, str(EXAMPLES / "custom_backend.py"))
+    out = _example(tmp_path, sys.executable, str(EXAMPLES / "custom_backend.py"), PYTHONPATH=str(EXAMPLES))
     assert out.stdout.startswith("100 events -> ")
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records[:-1]] == list(range(100)) and records[-1] == {"status": "FINISHED"}

@@ -215,3 +215,62 @@ def test_sigint_mid_fit_marks_the_run_killed_and_the_previous_handler_still_runs
     assert mlflow_run(run_id, uri).info.status == "KILLED"
     # the interrupt came in the hook of the 5th batch, before Lightning logged it (step 4)
     assert [s for s, _ in mlflow_series(run_id, uri)["train/loss_step"]] == [0, 1, 2, 3]
+
+
+PLANTED = """
+import pathlib
+pathlib.Path({marker!r}).write_text(__name__)
+class Backend:
+    def open(self, run): raise RuntimeError("planted code ran")
+"""
+
+
+def _plant(directory, marker) -> None:
+    """Files that would run if tracelet imported code from ``directory``: SDK look-alikes, a
+    sitecustomize, and a distribution registering a backend entry point."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for module in ("mlflow", "wandb", "planted_plugin", "sitecustomize"):
+        (directory / f"{module}.py").write_text(PLANTED.format(marker=str(marker)))
+    info = directory / "planted_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: planted-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[tracelet.backends]\nplanted = planted_plugin:Backend\n")
+
+
+@pytest.mark.parametrize("script_in_cwd", [True, False])
+def test_code_lying_in_the_working_home_or_script_directory_is_never_run(tmp_path, script_in_cwd):
+    import json
+    import subprocess
+
+    work, home = tmp_path / "work", tmp_path / "home"
+    scripts = work if script_in_cwd else tmp_path / "scripts"
+    marker = tmp_path / "planted-code-ran"
+    for directory in {work, home, scripts}:
+        _plant(directory, marker)
+    script = scripts / "train.py"
+    script.write_text(
+        "import json, tracelet\n"
+        "from tracelet.config import ConfigError\n"
+        "refused = {}\n"
+        "for name in ('planted', 'planted_plugin:Backend'):\n"
+        "    try:\n"
+        "        tracelet.start_logging(backend=name)\n"
+        "    except ConfigError as err:\n"
+        "        refused[name] = str(err)\n"
+        "exp = tracelet.start_logging(backend='mlflow')\n"
+        "exp.log_metric('loss', 0.5, iteration=1)\n"
+        "report = tracelet.stop_logging()\n"
+        "print(json.dumps({'refused': refused, 'sent': report.backends['mlflow'].sent,\n"
+        "                  'run_id': report.backends['mlflow'].location.run_id}))\n"
+    )
+    env = {**os.environ, "HOME": str(home)}
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=work, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not marker.exists(), f"planted code ran as {marker.read_text()!r}"
+    assert "unknown backend 'planted'" in result["refused"]["planted"]
+    assert "is not installed" in result["refused"]["planted_plugin:Backend"]
+    assert result["sent"] == 1  # the real MLflow, not the look-alike beside the script
+    assert mlflow_series(result["run_id"], f"sqlite:///{work / 'mlflow.db'}") == {"loss": [(1, 0.5)]}

@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, BinaryIO
 
 from tracelet import _log
-from tracelet.backends.base import WRITER_ENV  # set inside the writer so nothing there starts tracking
+from tracelet.backends.base import WRITER_ENV, import_path  # WRITER_ENV: nothing in the writer tracks
 from tracelet.dispatcher import Dispatcher, Reply
 
 log = _log.get_logger(__name__)
@@ -73,8 +73,8 @@ class ProcessTransport:
         reply_read, reply_write = os.pipe()
         env = dict(os.environ)
         env[WRITER_ENV] = "1"
-        env["PYTHONSAFEPATH"] = "1"  # the writer sees our sys.path, not its cwd on top of it
-        env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+        env["PYTHONSAFEPATH"] = "1"  # no working directory on the writer's path
+        env["PYTHONPATH"] = os.pathsep.join(import_path())  # nor the script's or the home directory
         env.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # no schema-migration chatter from the writer
         try:
             self._process = subprocess.Popen(

@@ -15,12 +15,19 @@ retry the batch after a backoff: a backend that stored part of it first raises
 is stored twice. Backends adapt names and values to their own limits and warn once per cause
 through ``logging``. Third-party backends register the class under the entry-point group
 ``tracelet.backends``.
+
+Backends are imported only from installed packages and from directories the user put on
+``PYTHONPATH``: never from the working directory, the home directory or the running script's
+directory, which Python puts on the path by itself (``import_path``). So a file that happens
+to be called ``mlflow.py`` or ``wandb.py`` beside the script, or a planted one, is never
+executed by tracelet.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.util
+import os
+import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
@@ -96,10 +103,31 @@ class BackendSpec(NamedTuple):
     target: str
 
 
+def import_path() -> list[str]:
+    """This process's ``sys.path`` without the directories Python adds on its own that tracelet
+    never imports code from: the working directory, the home directory and the running
+    script's directory. Directories the user put on ``PYTHONPATH`` stay. The writer process
+    imports backends from this path."""
+    unsafe = {_real(os.getcwd()), _real(os.path.expanduser("~"))}
+    script = sys.argv[0] if sys.argv else ""
+    if script and os.path.isfile(script):
+        unsafe.add(_real(os.path.dirname(os.path.abspath(script))))
+    unsafe -= {_real(entry) for entry in os.environ.get("PYTHONPATH", "").split(os.pathsep) if entry}
+    return [entry for entry in sys.path if entry and _real(entry) not in unsafe]
+
+
+def _real(path: str) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
 def _entry_points() -> dict[str, str]:
     import importlib.metadata  # ~20 ms: only when a run starts, not at `import tracelet`
 
-    return {ep.name.lower(): ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    found: dict[str, str] = {}
+    for dist in importlib.metadata.distributions(path=import_path()):
+        for ep in dist.entry_points.select(group=ENTRY_POINT_GROUP):
+            found.setdefault(ep.name.lower(), ep.value)
+    return found
 
 
 def available() -> list[str]:
@@ -116,7 +144,7 @@ def resolve(names: tuple[str, ...]) -> list[BackendSpec]:
     for name in names:
         if name in BUILTINS:
             builtin = BUILTINS[name]
-            if importlib.util.find_spec(builtin.sdk_module) is None:
+            if not _findable(builtin.sdk_module):
                 raise ConfigError(
                     f"tracelet: backend {name!r} needs the {builtin.sdk_module!r} package, which is not "
                     f"installed. Install it with: pip install 'tracelet[{builtin.extra}]'"
@@ -125,6 +153,7 @@ def resolve(names: tuple[str, ...]) -> list[BackendSpec]:
         elif name in plugins:
             specs.append(BackendSpec(name, plugins[name]))
         elif ":" in name:
+            _check_importable(name)
             specs.append(BackendSpec(name.rsplit(":", 1)[1], name))
         else:
             raise ConfigError(
@@ -132,6 +161,40 @@ def resolve(names: tuple[str, ...]) -> list[BackendSpec]:
                 f"(third-party backends register under the entry-point group {ENTRY_POINT_GROUP!r})."
             )
     return specs
+
+
+def _findable(module: str) -> bool:
+    """Whether the writer process can import ``module``: the path-based finder looks only in
+    ``import_path()``; the other finders (built-ins, editable installs) stay. Nothing is run."""
+    import importlib.machinery
+
+    for finder in sys.meta_path:
+        find_spec = getattr(finder, "find_spec", None)
+        if find_spec is None:
+            continue
+        try:
+            if finder is importlib.machinery.PathFinder:
+                spec = find_spec(module, import_path())
+            else:
+                spec = find_spec(module, None)
+        except Exception:  # a third-party finder that cannot answer
+            spec = None
+        if spec is not None:
+            return True
+    return False
+
+
+def _check_importable(target: str) -> None:
+    """An explicit ``module:Class`` must be importable from ``import_path()``, as in the writer."""
+    top = target.partition(":")[0].split(".")[0]
+    if _findable(top):
+        return
+    raise ConfigError(
+        f"tracelet: the backend module {top!r} of {target!r} is not installed. tracelet imports "
+        "backends only from installed packages and PYTHONPATH, not from the working directory, "
+        "the home directory or the script's directory: install it (a package can register the "
+        f"backend under the entry-point group {ENTRY_POINT_GROUP!r}) or put its directory on PYTHONPATH."
+    )
 
 
 def load(spec: BackendSpec) -> Backend:
