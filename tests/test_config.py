@@ -95,7 +95,8 @@ def test_unknown_backend_lists_the_available_ones():
 
 
 def test_known_backend_without_its_sdk_names_the_extra_to_install(monkeypatch):
-    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    missing = backends.BUILTINS["mlflow"]._replace(sdk_module="mlflow_sdk_that_is_not_installed")
+    monkeypatch.setitem(backends.BUILTINS, "mlflow", missing)
     with pytest.raises(ConfigError) as error:
         tracelet.start_logging(backend="mlflow")
     assert "pip install 'tracelet[mlflow]'" in str(error.value)
