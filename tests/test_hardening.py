@@ -274,3 +274,30 @@ def test_code_lying_in_the_working_home_or_script_directory_is_never_run(tmp_pat
     assert "is not installed" in result["refused"]["planted_plugin:Backend"]
     assert result["sent"] == 1  # the real MLflow, not the look-alike beside the script
     assert mlflow_series(result["run_id"], f"sqlite:///{work / 'mlflow.db'}") == {"loss": [(1, 0.5)]}
+
+
+def test_a_backend_hanging_forever_leaves_the_programs_exit_code_and_time_alone(tmp_path):
+    import subprocess
+
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    script = tmp_path / "train.py"
+    script.write_text(
+        "import sys, tracelet\n"
+        "exp = tracelet.start_logging(backend=['fake_backends:Hanging', 'fake_backends:Recording'],\n"
+        "                             config={'stop_timeout': 2})\n"
+        "for i in range(100):\n"
+        "    exp.log_metric('loss', 1.0 / (i + 1), iteration=i)\n"
+        "sys.exit(3)  # no stop_logging: the exit handler ends the run\n"
+    )
+    env = {**os.environ, "PYTHONPATH": tests_dir}
+    started = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    elapsed = time.monotonic() - started
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert elapsed < 20  # the 2 s stop deadline, not forever
+    hanging = next(line for line in out.stderr.splitlines() if "Hanging:" in line)
+    assert "did not finish in time" in hanging
+    recording = next(line for line in out.stderr.splitlines() if "Recording:" in line)
+    assert "100 events sent" in recording

@@ -102,7 +102,8 @@ class Experiment:
         """Record one point of the series ``name`` at step ``iteration``.
 
         Accepts Python numbers, one-element tensors and arrays. A value or step that is not a
-        number is dropped with one warning per metric and counted; it never raises.
+        number is dropped and counted (``invalid metric: <cause>``) with one warning per cause;
+        it never raises.
         """
         if self._bus is None:
             return
