@@ -76,15 +76,18 @@ def main() -> None:
 
     config = json.loads(args.config)
     fit()  # warm-up
-    untracked, tracked, writer_cpu = [], [], []
+    untracked, tracked, writer_cpu, added = [], [], [], []
     for _ in range(args.pairs):
         untracked.append(fit())
         tracelet.start_logging(project="paired", config=config)
         writers = psutil.Process().children()
+        threads_before = _tracelet_thread_cpu()
         tracked.append(fit())
+        threads_cpu = _tracelet_thread_cpu() - threads_before
         with contextlib.suppress(psutil.Error):  # sampled before stop: the writer exits there
             writer_cpu.append(sum(sum(w.cpu_times()[:2]) for w in writers))
-        tracelet.stop_logging()
+        report = tracelet.stop_logging()
+        added.append(report.hook_seconds + threads_cpu)
     print(f"\n{args.pairs} pairs of {args.steps}-step fits, tracelet config {config}")
     for label, index in (("wall", 0), ("training-process CPU", 1)):
         base, with_tracking = [u[index] for u in untracked], [t[index] for t in tracked]
@@ -97,6 +100,24 @@ def main() -> None:
         )
     if writer_cpu:
         print(f"writer process CPU per tracked fit: median {statistics.median(writer_cpu):.2f} s")
+    # a measure the machine's drift does not move: what tracelet adds to the training process
+    # (its code inside the patches on the training thread + the CPU of its own threads there),
+    # against the untracked fit; the wall-clock ratio can only be larger by contention
+    share = statistics.median(added) / statistics.median(u[0] for u in untracked)
+    print(
+        f"tracelet's work in the training process: median {statistics.median(added) * 1e3:.0f} ms "
+        f"per fit = {share:.1%} of the untracked fit ({1 + share:.3f}x)"
+    )
+
+
+def _tracelet_thread_cpu() -> float:
+    """CPU seconds used so far by tracelet's own threads in this process (sender, collectors)."""
+    import threading
+
+    import psutil
+
+    ours = {t.native_id for t in threading.enumerate() if t.name.startswith("tracelet")}
+    return sum(t.user_time + t.system_time for t in psutil.Process().threads() if t.id in ours)
 
 
 if __name__ == "__main__":
