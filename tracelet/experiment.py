@@ -124,7 +124,8 @@ class Experiment:
             return
         plain = to_plain(params)  # never raises: what cannot be shown becomes its repr
         if not isinstance(plain, dict):
-            self._reject_params(f"params must be a mapping or a Namespace, not {type(params).__name__}")
+            message = f"params must be a mapping or a Namespace, not {type(params).__name__}"
+            self._drop("invalid params", f"invalid-params:{message}", "%s; not logged", message)
             return
         self._bus.emit(Params(redact_params(plain)))
 
@@ -136,7 +137,8 @@ class Experiment:
             return
         plain = to_plain(tags)
         if not isinstance(plain, dict):
-            self._reject_params(f"tags must be a mapping, not {type(tags).__name__}")
+            message = f"tags must be a mapping, not {type(tags).__name__}"
+            self._drop("invalid params", f"invalid-params:{message}", "%s; not logged", message)
             return
         self._bus.emit(Tags({k: str(v) for k, v in plain.items()}))
 
@@ -150,7 +152,9 @@ class Experiment:
             return
         full = os.path.abspath(os.fspath(path))
         if not os.path.exists(full):
-            self._reject_artifact(full)
+            self._drop(
+                "artifact not found", f"artifact:{full}", "artifact %r does not exist; not logged", full
+            )
             return
         self._bus.emit(Artifact(full, artifact_path))
 
@@ -183,27 +187,21 @@ class Experiment:
     def _reject(self, name: Any, err: Exception) -> None:
         """Count a point that has no usable value or step; warn once per kind of problem."""
         cause = err.cause if isinstance(err, Unusable) else f"{type(err).__name__} while reading it"
-        if self._bus is not None:
-            self._bus._count_drop(1, f"invalid metric: {cause}")
-        _log.warn_once(
+        self._drop(
+            f"invalid metric: {cause}",
             f"invalid-metric:{cause}",
             "metric %s: %s; the point is dropped. Later points with this problem are dropped "
             "without a warning and counted in the stop summary ('invalid metric: %s').",
             _name_for_message(name),
             err,
             cause,
-            log=log,
         )
 
-    def _reject_params(self, message: str) -> None:
+    def _drop(self, reason: str, cause: str, message: str, *args: object) -> None:
+        """Count one input that is not logged under ``reason``; warn the first time ``cause`` is seen."""
         if self._bus is not None:
-            self._bus._count_drop(1, "invalid params")
-        _log.warn_once(f"invalid-params:{message}", "%s; not logged", message, log=log)
-
-    def _reject_artifact(self, path: str) -> None:
-        if self._bus is not None:
-            self._bus._count_drop(1, "artifact not found")
-        _log.warn_once(f"artifact:{path}", "artifact %r does not exist; not logged", path, log=log)
+            self._bus._count_drop(1, reason)
+        _log.warn_once(cause, message, *args, log=log)
 
     def _mark_status(self, status: str, exc: BaseException | None = None) -> None:
         """Keep the most severe status seen: FAILED > KILLED > FINISHED."""

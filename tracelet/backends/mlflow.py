@@ -192,7 +192,7 @@ class MLflowBackend:
                     done = index + 1
                 elif not isinstance(event, RunEnd):
                     pending.reject("unknown event type")
-                if pending.full():
+                if not pending.has_room(1):  # full: send it, and the events so far are stored
                     self._flush(pending, committed)
                     done = index + 1
             self._flush(pending, committed)
@@ -245,9 +245,7 @@ class MLflowBackend:
         """Params and tags that would overflow one ``log_batch`` go out after what is pending, so
         a call that fails part-way never holds metrics already stored (params and tags may be
         sent twice: MLflow takes an identical value again)."""
-        if pending.size() + entries > MAX_ENTITIES_PER_BATCH or (
-            max(len(pending.params), len(pending.tags)) + entries > MAX_PARAMS_OR_TAGS_PER_BATCH
-        ):
+        if not pending.has_room(entries):
             self._flush(pending, committed)
 
     def _flush(self, pending: _Pending, committed: dict[str, int]) -> None:
@@ -326,12 +324,11 @@ class _Pending:
         self.new_params: dict[str, str] = {}
         self.rejected: dict[str, int] = {}
 
-    def size(self) -> int:
-        return len(self.metrics) + len(self.params) + len(self.tags)
-
-    def full(self) -> bool:
-        return self.size() >= MAX_ENTITIES_PER_BATCH or max(len(self.params), len(self.tags)) >= (
-            MAX_PARAMS_OR_TAGS_PER_BATCH
+    def has_room(self, entries: int) -> bool:
+        """Whether ``entries`` more params (or tags, or metrics) still fit one ``log_batch``."""
+        return (
+            len(self.metrics) + len(self.params) + len(self.tags) + entries <= MAX_ENTITIES_PER_BATCH
+            and max(len(self.params), len(self.tags)) + entries <= MAX_PARAMS_OR_TAGS_PER_BATCH
         )
 
     def reject(self, reason: str) -> None:
