@@ -2,7 +2,9 @@
 
 project -> experiment, exp_name -> run name. Uses an ``MlflowClient`` with an explicit run
 id, never the fluent global run, so a user's own ``mlflow.start_run`` is untouched.
-Metrics, params and tags go out in ``log_batch`` calls within MLflow's batch limits.
+Metrics, params and tags go out in ``log_batch`` calls within MLflow's batch limits; on a
+local SQLite store metrics take a direct path into MLflow's own tables (``mlflow_sql.py``),
+with ``log_batch`` whenever that path declines a batch.
 Names MLflow refuses are sanitized (one warning per name), params are flattened with
 ``/`` like Lightning's ``MLFlowLogger`` does and truncated at MLflow's length limit.
 """
@@ -22,6 +24,7 @@ from typing import Any
 
 from tracelet import _log
 from tracelet.backends.base import RunInfo, RunLocation, WriteInterrupted
+from tracelet.backends.mlflow_sql import Point, SqlMetricWriter
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 from tracelet.values import flatten
 
@@ -112,6 +115,7 @@ class MLflowBackend:
     def __init__(self) -> None:
         self._client: Any = None
         self._run_id = ""
+        self._direct: SqlMetricWriter | None = None
         self._metric_keys = KeyNamer("metric")
         self._param_keys = KeyNamer("param")
         self._tag_keys = KeyNamer("tag")
@@ -138,6 +142,7 @@ class MLflowBackend:
             experiment_id, start_time=int(run.started_at * 1000), tags=tags, run_name=run.exp_name
         )
         self._run_id = created.info.run_id
+        self._direct = SqlMetricWriter.attach(self._client, self._run_id)
         return RunLocation("mlflow", self._run_id, uri, view_hint(uri, experiment_id, self._run_id))
 
     def _experiment_id(self, name: str) -> str:
@@ -155,7 +160,6 @@ class MLflowBackend:
             return found.experiment_id
 
     def write(self, batch: list[Event]) -> dict[str, int]:
-        from mlflow.entities import Metric as MlflowMetric
         from mlflow.entities import RunTag
 
         committed: dict[str, int] = {}  # refusals among the events already stored
@@ -175,7 +179,7 @@ class MLflowBackend:
                             log=log,
                         )
                     pending.metrics.append(
-                        MlflowMetric(key, event.value, self._timestamp_ms(key, event, step), step)
+                        Point(key, event.value, self._timestamp_ms(key, event, step), step)
                     )
                 elif isinstance(event, Params):
                     self._add_params(event.values, pending, committed)
@@ -255,11 +259,20 @@ class MLflowBackend:
             committed[reason] = committed.get(reason, 0) + count
         pending.clear()
 
-    def _send(self, metrics: list[Any], params: list[Any], tags: list[Any], rejected: dict[str, int]) -> None:
-        """``log_batch`` within MLflow's limits; a refused batch is retried item by item."""
+    def _send(
+        self, metrics: list[Point], params: list[Any], tags: list[Any], rejected: dict[str, int]
+    ) -> None:
+        """``log_batch`` within MLflow's limits (metrics the direct path took aside); a refused
+        batch is retried item by item."""
+        from mlflow.entities import Metric as MlflowMetric
         from mlflow.exceptions import MlflowException
 
-        for chunk_metrics, chunk_params, chunk_tags in _chunks(metrics, params, tags):
+        for points, chunk_params, chunk_tags in _chunks(metrics, params, tags):
+            if self._direct is not None and self._direct.write(points):
+                points = []
+                if not chunk_params and not chunk_tags:
+                    continue
+            chunk_metrics = [MlflowMetric(*point) for point in points]
             try:
                 self._client.log_batch(
                     self._run_id, metrics=chunk_metrics, params=chunk_params, tags=chunk_tags
