@@ -227,7 +227,7 @@ def test_device_values_are_read_off_the_training_thread_and_arrive_intact(monkey
 
         return wait_and_read
 
-    monkeypatch.setattr(instrumentation, "_HOST_DEVICE_TYPES", ())
+    monkeypatch.setattr(instrumentation, "_READ_CPU_TENSORS_AT_ONCE", False)
     monkeypatch.setattr(instrumentation, "_to_host_later", gated_copy)
     exp = tracelet.start_logging(project="tiny")
     run_tiny_job("lightning.pytorch", logger=False)  # would hang here if training waited on values

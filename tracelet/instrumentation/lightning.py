@@ -54,7 +54,7 @@ _OBSERVED_HOOKS = frozenset(
     )
 )
 _ENTRY_POINTS = ("fit", "validate", "test", "predict")
-_HOST_DEVICE_TYPES = ("cpu",)  # tensors read at once; others are copied to the host asynchronously
+_READ_CPU_TENSORS_AT_ONCE = True  # device tensors are copied to the host asynchronously
 
 
 class LightningInstrumentor(Instrumentor):
@@ -111,20 +111,17 @@ class LightningInstrumentor(Instrumentor):
             extract_batch_size=data_module.extract_batch_size,
         )
 
-        def before(_instance: Any, args: tuple, kwargs: dict) -> Any:
-            return args[0], args[1] if len(args) > 1 else kwargs.get("hook_name"), args[2:]
+        safety = self.safety
 
-        def after(context: Any, _result: Any) -> None:
-            observer.after_hook(*context)
-
-        observed = guarded("lightning hooks", self.safety, active, before, after)
-
-        def dispatch(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-            # ~10 hooks run per training step; only a few interest us: the rest pass straight through
+        def dispatch(wrapped: Callable[..., Any], _instance: Any, args: tuple, kwargs: dict) -> Any:
+            # ~10 hooks run per training step; only a few interest us, and only after they ran:
+            # the rest pass straight through, and the observed ones cost one guarded call
+            result = wrapped(*args, **kwargs)
             hook_name = args[1] if len(args) > 1 else kwargs.get("hook_name")
-            if hook_name not in _OBSERVED_HOOKS:
-                return wrapped(*args, **kwargs)
-            return observed(wrapped, instance, args, kwargs)
+            if hook_name in _OBSERVED_HOOKS and active():
+                trainer = args[0] if args else kwargs.get("trainer")
+                safety.run("lightning hooks", observer.after_hook, trainer, hook_name, args[2:])
+            return result
 
         call_module = importlib.import_module(f"{namespace}.trainer.call")
         self._wrap(call_module, "_call_callback_hooks", dispatch)
@@ -207,13 +204,13 @@ def _split_by_device(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], list[t
     values: dict[str, Any] = {}
     groups: dict[tuple[Any, Any], list[tuple[str, Any]]] = {}
     for key, value in metrics.items():
-        device = getattr(value, "device", None)
-        if device is None or not hasattr(value, "detach"):
+        on_host = getattr(value, "is_cpu", None)  # a torch tensor (cheaper than building .device)
+        if on_host is None or not hasattr(value, "detach"):
             values[key] = value
-        elif device.type in _HOST_DEVICE_TYPES or value.numel() != 1:
+        elif (on_host and _READ_CPU_TENSORS_AT_ONCE) or value.numel() != 1:
             values[key] = value.item() if value.numel() == 1 else value
         else:
-            groups.setdefault((device, value.dtype), []).append((key, value))
+            groups.setdefault((value.device, value.dtype), []).append((key, value))
     if not groups:
         return values, []
     import torch
