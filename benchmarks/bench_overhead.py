@@ -3,7 +3,10 @@
 Each measurement is a fresh Python process (so no configuration inherits another's imports
 or patches) that warms up, then times ``trainer.fit`` of a tiny model logging 3 metrics
 every step (``log_every_n_steps=1``). Configurations are interleaved round by round and
-reported as medians and ratios to ``logger=False``: machines are shared and noisy.
+reported as medians and ratios to ``logger=False``: machines are shared and noisy. Beside the
+ratio of the medians, each configuration's runs are paired with the baseline's run of the
+same round (minutes closer than the runs of other rounds) and the median pair ratio is
+printed with a bootstrap interval.
 
     python benchmarks/bench_overhead.py                 # 2000 steps, 5 rounds
     python benchmarks/bench_overhead.py --steps 200 --rounds 1   # a smoke run
@@ -20,6 +23,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from ratios import describe
 
 CONFIGS = {
     "logger=False": "the baseline: Lightning computes and reduces every self.log, nobody records it",
@@ -168,6 +173,10 @@ def main() -> None:
         median = statistics.median(fits)
         runs = " ".join(f"{f:.2f}" for f in fits)
         print(f"{name:<18} {median:>15.3f} {median / baseline:>6.2f}x   {runs}")
+    print("\npaired with the baseline run of the same round:")
+    for name in chosen[1:]:
+        pairs = [s["fit"] / b["fit"] for s, b in zip(samples[name], samples["logger=False"], strict=True)]
+        print(f"{name:<18} {describe(pairs)}")
     for name in (n for n in TRACELET_BACKENDS if n in samples):
         runs = samples[name]
         lifecycle = [s["start"] + s["stop"] for s in runs]

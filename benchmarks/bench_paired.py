@@ -27,6 +27,8 @@ import statistics
 import tempfile
 import time
 
+from ratios import describe
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -106,10 +108,7 @@ def main() -> None:
         ratios = [t / u for t, u in zip(with_tracking, base, strict=True)]
         print(f"{label} untracked (s): " + " ".join(f"{t:.2f}" for t in base))
         print(f"{label} tracked   (s): " + " ".join(f"{t:.2f}" for t in with_tracking))
-        print(
-            f"{label}: median pair ratio {statistics.median(ratios):.3f}x; "
-            f"fastest runs {min(with_tracking) / min(base):.3f}x"
-        )
+        print(f"{label}: pair ratio {describe(ratios)}; fastest runs {min(with_tracking) / min(base):.3f}x")
     if writer_cpu:
         print(f"writer process CPU per tracked fit: median {statistics.median(writer_cpu):.2f} s")
     # a measure the machine's drift does not move: what tracelet adds to the training process

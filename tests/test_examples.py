@@ -161,12 +161,13 @@ def test_overhead_benchmark_runs_in_smoke_mode():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "tracelet-3" in out.stdout and out.stdout.count("dropped or failed in all runs: 0") == 2
+    assert "tracelet-3         median " in out.stdout  # the pair ratio line
 
 
 @pytest.mark.parametrize(
     ("script", "args", "expect"),
     [
-        ("bench_paired.py", ["--steps", "30", "--pairs", "1"], "median pair ratio"),
+        ("bench_paired.py", ["--steps", "30", "--pairs", "1"], "pair ratio median"),
         ("bench_load.py", ["--events", "20000"], "bus.emit on the calling thread"),
         ("bench_ddp.py", ["--rounds", "1", "--epochs", "1"], "with tracelet"),
     ],
