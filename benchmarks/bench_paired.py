@@ -9,8 +9,8 @@ taken; the median pair ratio and the ratio of the fastest runs are printed.
 Wall time on a shared VM moves with its neighbours (steal time), so the CPU time of the
 training process (all its threads: training, tracelet's sender and collectors) is measured
 beside it: that is the work tracking adds where training runs. The writer process's CPU
-(backends: MLflow's SQLAlchemy store costs ~0.2 ms per metric) is printed apart — it runs on
-another core, niced, and costs training time only where no core is free.
+(backends; MLflow's import alone is ~2.5 s at start-up) is printed apart — it runs on another
+core, niced, yet where the two vCPUs are hyperthreads of one core it still slows training.
 
     python benchmarks/bench_paired.py                   # 2000 steps, 8 pairs, everything on
     python benchmarks/bench_paired.py --config '{"journal": false}'
@@ -39,7 +39,7 @@ def main() -> None:
         "--warm",
         action="store_true",
         help="wait until the backends are open before each tracked fit (steady state: the writer's "
-        "start-up, ~1 s of CPU importing MLflow, then does not overlap the fit)",
+        "start-up, ~2.5 s of CPU importing MLflow, then does not overlap the fit)",
     )
     args = parser.parse_args()
     os.chdir(tempfile.mkdtemp(prefix="tracelet-paired-"))
