@@ -137,3 +137,32 @@ def test_a_dead_writer_process_makes_events_count_as_dropped_not_raise():
     assert exp.flush(1.0) is False
     report = tracelet.stop_logging(timeout=1.0)
     assert report.backends["Recording"].reasons.get("writer process exited", 0) >= 999
+
+
+@pytest.mark.parametrize("writer", WRITERS)
+def test_a_logging_call_travels_as_one_group_and_arrives_as_separate_points(writer):
+    exp = _start("Recording", writer=writer)
+    for step in range(300):  # one group per call, as Lightning's capture emits them
+        exp._emit_metrics({"a": float(step), "b": step * 2, "bad": "x"}, step, 1000.0 + step)
+    report = tracelet.stop_logging()
+
+    points = [line for line in recorded("Recording") if line[0] == "metric"]
+    assert points == [
+        ["metric", name, value, step]
+        for step in range(300)
+        for name, value in (("a", float(step)), ("b", float(step * 2)))
+    ]
+    stats = report.backends["Recording"]
+    assert stats.sent == 600
+    assert stats.reasons == {"invalid metric: not a number": 300}
+
+
+def test_points_of_a_group_lost_to_a_dead_writer_are_counted_one_by_one():
+    exp = _start("Recording")
+    assert exp.flush(10)
+    os.kill(exp._bus._transport.pid, signal.SIGKILL)
+    exp._bus._transport.wait(10)
+    for step in range(100):
+        exp._emit_metrics({"a": 1.0, "b": 2.0, "c": 3.0}, step, 1000.0)  # never raises
+    report = tracelet.stop_logging(timeout=1.0)
+    assert report.backends["Recording"].reasons.get("writer process exited", 0) == 300

@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 from tracelet import _log
 from tracelet.backends.base import BackendSpec, RunInfo
 from tracelet.dispatcher import Control, Init, Reply
-from tracelet.events import Event, Metric, RunEnd
+from tracelet.events import Event, Metrics, RunEnd
 from tracelet.transport import ProcessTransport, ThreadTransport
 from tracelet.worker import BackendStats
 
@@ -94,7 +94,7 @@ class EventBus:
         """Queue one event for every backend; O(1), never blocks, never raises."""
         buffer = self._buffer
         if self._dead or len(buffer) >= self._capacity:
-            self._count_drop(1, "writer process exited" if self._dead else "queue full")
+            self._count_drop(_points(event), "writer process exited" if self._dead else "queue full")
             return
         buffer.append(event)
         if len(buffer) >= CHUNK and not self._wake.is_set():
@@ -175,12 +175,13 @@ class EventBus:
         for _ in range(min(CHUNK, len(buffer))):
             item = buffer.popleft()
             if type(item) is DeferredMetrics:
-                chunk.extend(self._resolve(item))
-            else:
-                chunk.append(item)
+                item = self._resolve(item)
+                if item is None:
+                    continue
+            chunk.append(item)
         return chunk
 
-    def _resolve(self, deferred: DeferredMetrics) -> list[Metric]:
+    def _resolve(self, deferred: DeferredMetrics) -> Metrics | None:
         try:
             values = deferred.values()
         except Exception as err:  # a device error surfaced by the copy: lose these points, counted
@@ -191,18 +192,15 @@ class EventBus:
                 err,
                 log=log,
             )
-            return []
-        return [
-            Metric(name, float(value), deferred.step, deferred.timestamp)
-            for name, value in zip(deferred.names, values, strict=True)
-        ]
+            return None
+        return Metrics(deferred.names, tuple(map(float, values)), deferred.step, deferred.timestamp)
 
     def _writer_lost(self, chunk: list[Any], err: BaseException) -> None:
         self._dead = True
-        lost = [item for item in chunk if not isinstance(item, Control)]
-        lost.extend(item for item in self._buffer if not isinstance(item, Control))
+        lost = sum(_points(item) for item in chunk if not isinstance(item, Control))
+        lost += sum(_points(item) for item in self._buffer if not isinstance(item, Control))
         self._buffer.clear()
-        self._count_drop(len(lost), "writer process exited")
+        self._count_drop(lost, "writer process exited")
         log.warning(
             "tracelet's writer stopped accepting events (%s); the rest of this run is counted as dropped", err
         )
@@ -234,6 +232,11 @@ class EventBus:
         self._dead = True
         self._buffer.clear()
         self._transport.after_fork_in_child()
+
+
+def _points(item: Any) -> int:
+    """How many events an item of the buffer stands for: a group counts its points."""
+    return len(item.names) if type(item) in (Metrics, DeferredMetrics) else 1
 
 
 _live_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()

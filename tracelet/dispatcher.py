@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from tracelet import _log
 from tracelet.backends import base
-from tracelet.events import Artifact, Event, RunEnd
+from tracelet.events import Artifact, Event, Metrics, RunEnd
 from tracelet.worker import BackendStats, BackendWorker
 
 log = _log.get_logger(__name__)
@@ -58,7 +58,9 @@ class Dispatcher:
         """Route a chunk of the stream: runs of events to every worker, controls in order."""
         run: list[Event] = []
         for item in items:
-            if isinstance(item, Control):
+            if type(item) is Metrics:
+                run.extend(item.points())
+            elif isinstance(item, Control):
                 if run:
                     self._submit(run)
                     run = []

@@ -19,6 +19,24 @@ class Metric(NamedTuple):
     timestamp: float
 
 
+class Metrics(NamedTuple):
+    """Points of several series at one step and time, as one logging call produced them.
+
+    Only the bus carries them: the writer expands them into ``Metric`` events before any
+    backend sees them, so a logging call costs the training thread one event, not one per series.
+    """
+
+    names: tuple[str, ...]
+    values: tuple[float, ...]
+    step: int | None
+    timestamp: float
+
+    def points(self) -> list[Metric]:
+        step, timestamp = self.step, self.timestamp
+        pairs = zip(self.names, self.values, strict=False)  # equal lengths by construction
+        return [Metric(name, value, step, timestamp) for name, value in pairs]
+
+
 class Params(NamedTuple):
     """Hyperparameters; values may be nested dicts/lists, each backend flattens them its own way."""
 

@@ -13,7 +13,7 @@ from tracelet import _log
 from tracelet.backends.base import RunInfo, RunLocation
 from tracelet.bus import DeferredMetrics, EventBus, Outcome
 from tracelet.config import Settings
-from tracelet.events import FAILED, FINISHED, KILLED, Artifact, Metric, Params, Tags
+from tracelet.events import FAILED, FINISHED, KILLED, Artifact, Metric, Metrics, Params, Tags
 from tracelet.secrets import redact_params
 from tracelet.values import Unusable, safe_repr, to_float, to_plain, to_step
 from tracelet.worker import BackendStats
@@ -166,16 +166,23 @@ class Experiment:
 
     # -- used by instrumentation and the lifecycle -----------------------------------------
     def _emit_metrics(self, values: Mapping[str, Any], step: int | None, timestamp: float) -> None:
+        """The points of one logging call, as one event (``Metrics``)."""
         bus = self._bus
         if bus is None:
             return
+        names: list[str] = []
+        numbers: list[float] = []
         for name, value in values.items():
-            try:
-                number = value if type(value) is float else to_float(value)
-            except Exception as err:
-                self._reject(name, err)
-                continue
-            bus.emit(Metric(name, number, step, timestamp))
+            if type(value) is not float:
+                try:
+                    value = to_float(value)
+                except Exception as err:
+                    self._reject(name, err)
+                    continue
+            names.append(name)
+            numbers.append(value)
+        if names:
+            bus.emit(Metrics(tuple(names), tuple(numbers), step, timestamp))
 
     def _emit_deferred(
         self, names: tuple[str, ...], values: Callable[[], list[float]], step: int | None, timestamp: float
