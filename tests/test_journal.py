@@ -217,3 +217,14 @@ def test_records_round_trip_through_the_line_format(tmp_path):
     assert all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
     assert [journal.decode(line, str(tmp_path)) for line in lines] == events
     assert json.loads(journal.encode(Metric("inf", math.inf, 1, 0.0)))[2] == math.inf
+
+
+@pytest.mark.parametrize("name", ["a/b", "ünï", 'q"x\\y\n', "😀", ""])
+@pytest.mark.parametrize("value", [0.5, -0.0, 1e300, 5e-324, 1 / 3, math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("step", [None, 0, -5, 2**62, True])
+def test_a_metric_line_is_exactly_what_json_dumps_writes(name, value, step):
+    metric = Metric(name, value, step, 1_700_000_000.125)
+    written = json.dumps(["m", name, value, step, metric.timestamp], separators=(",", ":"), ensure_ascii=False)
+    assert journal.encode(metric) == written + "\n"
+    decoded = journal.decode(journal.encode(metric), "/")
+    assert decoded.name == name and decoded.step == step and (decoded.value == value or math.isnan(value))

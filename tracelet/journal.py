@@ -38,6 +38,9 @@ def run_dir_name(run_uid: str, started_at: float) -> str:
 def encode(event: Event, artifact_path: str | None = None) -> str:
     """One line. Artifacts carry the path of their copy, relative to the run directory."""
     if type(event) is Metric:
+        line = _metric_line(event)
+        if line is not None:
+            return line
         record: list[Any] = ["m", event.name, event.value, event.step, event.timestamp]
     elif type(event) is Params:
         record = ["p", event.values]
@@ -48,6 +51,35 @@ def encode(event: Event, artifact_path: str | None = None) -> str:
     else:
         raise TypeError(f"not an event: {type(event).__name__}")
     return json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+
+
+_NAMES: dict[str, str] = {}  # metric name -> its JSON string: a run has few names, logged many times
+_MAX_NAMES = 10_000
+_SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # as json.dumps writes them
+
+
+def _metric_line(event: Metric) -> str | None:
+    """The line ``json.dumps`` writes for a metric, character for character, at a quarter of its
+    cost (the journal's largest per-event cost); None for anything but str/float/int-or-None."""
+    name, value, step, timestamp = event
+    if (
+        type(value) is not float
+        or type(timestamp) is not float
+        or (step is not None and type(step) is not int)
+    ):
+        return None
+    encoded = _NAMES.get(name)
+    if encoded is None:
+        if type(name) is not str:
+            return None
+        encoded = json.dumps(name, ensure_ascii=False)
+        if len(_NAMES) < _MAX_NAMES:
+            _NAMES[name] = encoded
+    number = repr(value)
+    number = _SPECIAL_FLOATS.get(number, number)
+    moment = repr(timestamp)
+    moment = _SPECIAL_FLOATS.get(moment, moment)
+    return f'["m",{encoded},{number},{"null" if step is None else step},{moment}]\n'
 
 
 def decode(line: str, run_dir: str) -> Event:

@@ -167,7 +167,7 @@ class MLflowBackend:
         done = 0  # events of the batch stored for good: a retry starts after them
         try:
             for index, event in enumerate(batch):
-                if isinstance(event, Metric):
+                if type(event) is Metric:
                     key = self._metric_keys(event.name)
                     step = event.step if event.step is not None else 0
                     if event.value in _INFINITIES:
@@ -181,6 +181,12 @@ class MLflowBackend:
                     pending.metrics.append(
                         Point(key, event.value, self._timestamp_ms(key, event, step), step)
                     )
+                    # a metric changes only the total: has_room(1) held for params and tags before it
+                    if (
+                        len(pending.metrics) + len(pending.params) + len(pending.tags)
+                        < MAX_ENTITIES_PER_BATCH
+                    ):
+                        continue
                 elif isinstance(event, Params):
                     self._add_params(event.values, pending, committed)
                 elif isinstance(event, Tags):

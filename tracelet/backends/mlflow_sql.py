@@ -22,7 +22,9 @@ from typing import Any, NamedTuple
 
 log = logging.getLogger(__name__)
 
-_FILLED = frozenset(("key", "value", "timestamp", "step", "is_nan", "run_uuid"))
+_COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")  # the order of a row tuple
+_FILLED = frozenset(_COLUMNS)
+_STEP, _TIMESTAMP, _VALUE = 3, 2, 1
 _KEYS_PER_QUERY = 500  # bound parameters per IN (...), as MLflow's own store does
 
 
@@ -54,6 +56,8 @@ class SqlMetricWriter:
         self._validate = validate
         self._active_stage = active_stage
         self._validated_keys: set[str] = set()
+        self._insert_metrics = _insert_sql(engine, self._metrics)
+        self._insert_latest = _insert_sql(engine, self._latest)
         self.enabled = True
 
     @classmethod
@@ -70,6 +74,8 @@ class SqlMetricWriter:
             log.debug("MLflow's direct SQL path is not available (%s)", err)
             return None
         if type(store) is not SqlAlchemyStore or engine.dialect.name != "sqlite":
+            return None
+        if engine.dialect.paramstyle != "qmark":  # the placeholders of _insert_sql
             return None
         tables = (SqlMetric.__table__, SqlLatestMetric.__table__, SqlRun.__table__)
         if not all(_fillable(table) for table in tables[:2]):
@@ -99,7 +105,7 @@ class SqlMetricWriter:
             with self._engine.begin() as connection:
                 if not self._run_is_active(connection):
                     return False
-                connection.execute(self._metrics.insert(), rows)
+                connection.exec_driver_sql(self._insert_metrics, rows)
                 self._update_latest(connection, rows)
         except sqlalchemy.exc.IntegrityError:  # a point already stored (a retried batch)
             return False
@@ -112,30 +118,19 @@ class SqlMetricWriter:
             return False
         return True
 
-    def _rows(self, points: Sequence[Point]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        seen: set[tuple[Any, ...]] = set()
+    def _rows(self, points: Sequence[Point]) -> list[tuple[Any, ...]]:
+        """One tuple per point, in ``_COLUMNS`` order; an identical point only once, as MLflow."""
+        rows: dict[tuple[Any, ...], None] = {}  # a dict keeps the order and drops the repeats
         run_id = self._run_id
+        validated = self._validated_keys
+        sanitize = self._sanitize
         for key, value, timestamp, step in points:
-            if key not in self._validated_keys:
+            if key not in validated:
                 self._validate(key, value, timestamp, step)
-                self._validated_keys.add(key)
-            is_nan, stored = self._sanitize(value)
-            identity = (key, timestamp, step, stored, is_nan)
-            if identity in seen:  # MLflow stores an identical point once
-                continue
-            seen.add(identity)
-            rows.append(
-                {
-                    "key": key,
-                    "value": stored,
-                    "timestamp": timestamp,
-                    "step": step,
-                    "is_nan": is_nan,
-                    "run_uuid": run_id,
-                }
-            )
-        return rows
+                validated.add(key)
+            is_nan, stored = sanitize(value)
+            rows[(key, stored, timestamp, step, is_nan, run_id)] = None
+        return list(rows)
 
     def _run_is_active(self, connection: Any) -> bool:
         import sqlalchemy
@@ -144,16 +139,16 @@ class SqlMetricWriter:
         query = sqlalchemy.select(runs.c.lifecycle_stage).where(runs.c.run_uuid == self._run_id)
         return connection.execute(query).scalar() == self._active_stage
 
-    def _update_latest(self, connection: Any, rows: list[dict[str, Any]]) -> None:
+    def _update_latest(self, connection: Any, rows: list[tuple[Any, ...]]) -> None:
         """MLflow's rule: per key, the point with the greatest (step, timestamp, value)."""
         import sqlalchemy
 
         latest = self._latest
-        newest: dict[str, dict[str, Any]] = {}
+        newest: dict[str, tuple[Any, ...]] = {}
         for row in rows:
-            current = newest.get(row["key"])
+            current = newest.get(row[0])
             if current is None or _order(row) > _order(current):
-                newest[row["key"]] = row
+                newest[row[0]] = row
         keys = sorted(newest)
         stored: dict[str, tuple[int, int, float]] = {}
         for start in range(0, len(keys), _KEYS_PER_QUERY):
@@ -165,12 +160,18 @@ class SqlMetricWriter:
             )
         inserts = [row for key, row in newest.items() if key not in stored]
         updates = [
-            {"b_key": key, **{f"b_{name}": row[name] for name in ("value", "timestamp", "step", "is_nan")}}
+            {
+                "b_key": key,
+                **{
+                    f"b_{name}": row[_COLUMNS.index(name)]
+                    for name in ("value", "timestamp", "step", "is_nan")
+                },
+            }
             for key, row in newest.items()
             if key in stored and _order(row) > stored[key]
         ]
         if inserts:
-            connection.execute(latest.insert(), inserts)
+            connection.exec_driver_sql(self._insert_latest, inserts)
         if updates:
             statement = (
                 latest.update()
@@ -185,19 +186,27 @@ class SqlMetricWriter:
             connection.execute(statement, updates)
 
 
-def _order(row: dict[str, Any]) -> tuple[int, int, float]:
-    return row["step"], row["timestamp"], row["value"]
+def _order(row: tuple[Any, ...]) -> tuple[int, int, float]:
+    return row[_STEP], row[_TIMESTAMP], row[_VALUE]
+
+
+def _insert_sql(engine: Any, table: Any) -> str:
+    """``INSERT INTO <table> (<_COLUMNS>) VALUES (?, ...)`` in the engine's own quoting: rows go
+    to the driver's ``executemany`` as tuples, without SQLAlchemy building a dict per row."""
+    quote = engine.dialect.identifier_preparer
+    names = ", ".join(quote.quote(name) for name in _COLUMNS)
+    return f"INSERT INTO {quote.format_table(table)} ({names}) VALUES ({', '.join('?' * len(_COLUMNS))})"
 
 
 def _fillable(table: Any) -> bool:
-    """Every column this writer leaves out may be left out (nullable or with a default)."""
+    """Every column this writer leaves out may be left out (nullable, or with a database default)."""
     names = {column.name for column in table.columns}
     if not names >= _FILLED:
         return False
+    # rows bypass SQLAlchemy: a Python-side default would not be applied, only the database's own
     return all(
         column.name in _FILLED
-        or column.nullable
-        or column.default is not None
         or column.server_default is not None
+        or (column.nullable and column.default is None)
         for column in table.columns
     )
