@@ -38,6 +38,7 @@ bench: install
 	$(PY) benchmarks/bench_paired.py
 	$(PY) benchmarks/bench_ddp.py
 	$(PY) benchmarks/bench_load.py
+	$(PY) benchmarks/bench_writer.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts lightning_logs tracelet-runs build

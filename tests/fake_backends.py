@@ -94,3 +94,14 @@ class Blocking(Recording):
     def write(self, batch):
         time.sleep(3.0)
         return super().write(batch)
+
+
+OPEN_GATE = threading.Event()
+
+
+class GatedOpen(Recording):
+    """Opens only once ``OPEN_GATE`` is set (in-process dispatchers only)."""
+
+    def open(self, run: RunInfo) -> RunLocation:
+        OPEN_GATE.wait(30)
+        return super().open(run)

@@ -171,6 +171,7 @@ def test_overhead_benchmark_runs_in_smoke_mode():
         ("bench_paired.py", ["--steps", "30", "--pairs", "1"], "pair ratio median"),
         ("bench_load.py", ["--events", "20000"], "bus.emit on the calling thread"),
         ("bench_ddp.py", ["--rounds", "1", "--epochs", "1"], "with tracelet"),
+        ("bench_writer.py", ["--steps", "400", "--repeats", "1"], "journal+mlflow"),
     ],
 )
 def test_other_benchmarks_run_in_smoke_mode(script, args, expect):

@@ -224,7 +224,9 @@ def test_records_round_trip_through_the_line_format(tmp_path):
 @pytest.mark.parametrize("step", [None, 0, -5, 2**62, True])
 def test_a_metric_line_is_exactly_what_json_dumps_writes(name, value, step):
     metric = Metric(name, value, step, 1_700_000_000.125)
-    written = json.dumps(["m", name, value, step, metric.timestamp], separators=(",", ":"), ensure_ascii=False)
+    written = json.dumps(
+        ["m", name, value, step, metric.timestamp], separators=(",", ":"), ensure_ascii=False
+    )
     assert journal.encode(metric) == written + "\n"
     decoded = journal.decode(journal.encode(metric), "/")
     assert decoded.name == name and decoded.step == step and (decoded.value == value or math.isnan(value))

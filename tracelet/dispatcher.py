@@ -53,6 +53,10 @@ class Dispatcher:
         self._ended = False
         self._scratch = ""
         self._console: str | None = None
+        self._backends = 0
+        self._opened = 0
+        self._opened_lock = threading.Lock()
+        self.all_opened = threading.Event()  # every backend is open (or gave up opening)
 
     def handle(self, items: Sequence[Any]) -> None:
         """Route a chunk of the stream: runs of events to every worker, controls in order."""
@@ -115,18 +119,28 @@ class Dispatcher:
         except Exception as err:  # context is a bonus; the run goes on without it
             log.warning("could not gather git/environment context: %s: %s", type(err).__name__, err)
             run, first_events = init.run, []
+        self._backends = len(init.backends)
+        if not init.backends:
+            self.all_opened.set()
         for spec in init.backends:
             worker = BackendWorker(
                 spec.name,
                 lambda spec=spec: base.load(spec),
                 run,
                 init.capacity,
-                on_opened=lambda stats: self._reply(Reply("opened", 0, {stats.name: stats}, True)),
+                on_opened=self._on_opened,
                 journal=self._journal_dir,
             )
             self._workers.append(worker)
             worker.submit(first_events)
             worker.start()
+
+    def _on_opened(self, stats: BackendStats) -> None:
+        self._reply(Reply("opened", 0, {stats.name: stats}, True))
+        with self._opened_lock:
+            self._opened += 1
+            if self._opened >= self._backends:
+                self.all_opened.set()
 
     def _journal_dir(self) -> str | None:
         for worker in self._workers:

@@ -10,6 +10,7 @@ reaches EOF and every backend still gets what was received and a KILLED status.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -23,6 +24,7 @@ from tracelet.transport import read_frame, write_frame
 
 WRITER_NICENESS = 10
 ABANDON_GRACE_S = 30.0  # how long backends may take to close after the training process vanished
+GC_DEFERRED_MAX_S = 60.0  # the garbage collector is back on by then, even if a backend is still opening
 
 
 class _ReplyChannel:
@@ -69,6 +71,7 @@ def main(argv: list[str]) -> int:
             closed.set()
 
     dispatcher = Dispatcher(reply)
+    _defer_garbage_collection(dispatcher.all_opened)
     stream = os.fdopen(data_fd, "rb")
     try:
         while True:
@@ -84,6 +87,25 @@ def main(argv: list[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # backend SDKs may leave non-daemon threads behind; the runs are closed
+
+
+def _defer_garbage_collection(opened: threading.Event) -> None:
+    """No collections while the backends open, then none that walk what opening them made.
+
+    Opening MLflow imports it: ~500,000 objects, all kept for the life of the process; each
+    full collection walks every one of them (~0.1 s here), both during the import and later
+    while training runs, and on a 2-vCPU VM the writer's CPU is partly training's. So the
+    collector is off until every backend is open, then what exists is frozen (``gc.freeze``:
+    never collected, never walked again) and collection resumes for what comes after.
+    """
+    gc.disable()
+
+    def resume() -> None:
+        opened.wait(GC_DEFERRED_MAX_S)
+        gc.freeze()
+        gc.enable()
+
+    threading.Thread(target=resume, name="tracelet-gc", daemon=True).start()
 
 
 if __name__ == "__main__":

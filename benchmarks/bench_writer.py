@@ -1,0 +1,105 @@
+"""The writer process's CPU per metric point, backend by backend.
+
+Where the two vCPUs of a small VM are hyperthreads of one core, CPU the writer spends during
+training is partly taken from training, so its cost per point is worth watching on its own.
+This runs the writer's side in this process — the dispatcher and the real backends, fed the
+pickled frames a Lightning fit sends (one ``Metrics`` group of 4 series per step, 200 groups
+a frame) — and divides the CPU time of all its threads (unpickling, dispatch, each backend's
+worker) by the points written. Process CPU time does not move with the machine's other load
+as wall time does; each repeat is a fresh run in a fresh store, the median is printed.
+
+    python benchmarks/bench_writer.py                    # journal, mlflow, journal+mlflow
+    python benchmarks/bench_writer.py --steps 400 --repeats 1   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import statistics
+import tempfile
+import threading
+import time
+import uuid
+
+NAMES = ("train/loss", "train/abs", "train/scaled", "epoch")  # what the core benchmark's fit logs
+FRAME = 200  # groups per frame, as the bus ships them (bus.CHUNK)
+TARGETS = {
+    "journal": "tracelet.backends.journal:JournalBackend",
+    "mlflow": "tracelet.backends.mlflow:MLflowBackend",
+}
+
+
+def _frames(steps: int) -> list[bytes]:
+    from tracelet.events import Metrics
+
+    started = time.time()
+    groups = [
+        Metrics(NAMES, (0.5 + step * 1e-4, 0.25, 0.125, 0.0), step, started + step * 1e-3)
+        for step in range(steps)
+    ]
+    return [
+        pickle.dumps(groups[i : i + FRAME], protocol=pickle.HIGHEST_PROTOCOL) for i in range(0, steps, FRAME)
+    ]
+
+
+def _one_run(backends: list[str], frames: list[bytes]) -> float:
+    """CPU seconds of this process (all threads) from the first frame until every backend wrote it all."""
+    from tracelet.backends.base import BackendSpec, RunInfo
+    from tracelet.dispatcher import Control, Dispatcher, Init
+    from tracelet.events import RunEnd
+
+    answers = {"flush": "flushed", "shutdown": "closed"}  # request -> the kind of its reply
+    answered = {kind: threading.Event() for kind in answers.values()}
+
+    def reply(message) -> None:
+        if message.kind in answered:
+            answered[message.kind].set()
+
+    def wait_for(request: str, token: int, items: list) -> None:
+        done = answered[answers[request]]
+        done.clear()
+        dispatcher.handle([*items, Control(request, token, time.time() + 120)])
+        if not done.wait(120):
+            raise RuntimeError(f"the backends did not answer {request} in time")
+
+    os.chdir(tempfile.mkdtemp(prefix="tracelet-writer-"))  # a fresh store: a run's first points
+    dispatcher = Dispatcher(reply)
+    settings = {"track_git": False, "track_env": False, "journal_dir": "journal"}
+    run = RunInfo(uuid.uuid4().hex, "bench", "writer", None, None, time.time(), settings)
+    specs = [BackendSpec(name, TARGETS[name]) for name in backends]
+    dispatcher.handle([Control("init", 0, 0.0, Init(run, specs, 10_000_000))])
+    wait_for("flush", 1, [])  # opened: MLflow's import and store creation are not counted
+    cpu = time.process_time()
+    for frame in frames:
+        dispatcher.handle(pickle.loads(frame))
+    wait_for("flush", 2, [])
+    cpu = time.process_time() - cpu
+    wait_for("shutdown", 3, [RunEnd("FINISHED")])
+    return cpu
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=4000, help="logging steps (4 points each)")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--sets", nargs="+", default=["journal", "mlflow", "journal,mlflow"])
+    args = parser.parse_args()
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    frames = _frames(args.steps)
+    points = args.steps * len(NAMES)
+    print(
+        f"writer CPU per metric point, {points} points in frames of {FRAME} groups; median of {args.repeats}"
+    )
+    for backend_set in args.sets:
+        names = backend_set.split(",")
+        runs = [_one_run(names, frames) / points * 1e6 for _ in range(args.repeats)]
+        print(
+            f"{'+'.join(names):<16} {statistics.median(runs):6.1f} us/point   runs: "
+            + " ".join(f"{r:.1f}" for r in runs)
+        )
+
+
+if __name__ == "__main__":
+    main()
