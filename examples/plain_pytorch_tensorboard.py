@@ -53,6 +53,7 @@ def main() -> None:
         writer.add_hparams({"lr": 0.05, "batch_size": 32}, {"hparam/final_loss": loss.item()})
         writer.close()
     if distributed:
+        dist.barrier()  # both ranks tear gloo down together (a rank leaving early was seen to abort)
         dist.destroy_process_group()
     if own_start and rank == 0:
         report = tracelet.stop_logging()

@@ -63,15 +63,14 @@ def _metric_line(event: Metric) -> str | None:
     cost (the journal's largest per-event cost); None for anything but str/float/int-or-None."""
     name, value, step, timestamp = event
     if (
-        type(value) is not float
+        type(name) is not str
+        or type(value) is not float
         or type(timestamp) is not float
         or (step is not None and type(step) is not int)
     ):
         return None
     encoded = _NAMES.get(name)
     if encoded is None:
-        if type(name) is not str:
-            return None
         encoded = json.dumps(name, ensure_ascii=False)
         if len(_NAMES) < _MAX_NAMES:
             _NAMES[name] = encoded

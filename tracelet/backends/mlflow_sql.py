@@ -1,10 +1,11 @@
-"""Metrics straight into a local MLflow SQLite store's own tables, one INSERT per batch.
+"""Metrics straight into a local MLflow SQLite store's own tables, one prepared INSERT per batch.
 
 MLflow's ``log_batch`` builds an ORM object per metric: ~150 us of CPU each (profiled), by
 far the writer's largest cost. On a small machine that CPU is not free for training even on
 "the other" core (a cloud VM's two vCPUs are often hyperthreads of one physical core: a busy
 sibling slowed a pure-Python loop by up to 38% here). For a SQLite store this writes the
-same rows through MLflow's own table definitions and engine in one multi-row INSERT, and
+same rows through MLflow's own table definitions and engine, as tuples to the driver's
+``executemany`` (~8 us of CPU per metric, half of it SQLite's own insert), and
 keeps ``latest_metrics`` by MLflow's rule (per key, the greatest ``(step, timestamp,
 value)``), all in one transaction.
 
@@ -24,7 +25,9 @@ log = logging.getLogger(__name__)
 
 _COLUMNS = ("key", "value", "timestamp", "step", "is_nan", "run_uuid")  # the order of a row tuple
 _FILLED = frozenset(_COLUMNS)
-_STEP, _TIMESTAMP, _VALUE = 3, 2, 1
+_VALUE, _TIMESTAMP, _STEP, _IS_NAN = (
+    _COLUMNS.index(name) for name in ("value", "timestamp", "step", "is_nan")
+)
 _KEYS_PER_QUERY = 500  # bound parameters per IN (...), as MLflow's own store does
 
 
@@ -162,10 +165,10 @@ class SqlMetricWriter:
         updates = [
             {
                 "b_key": key,
-                **{
-                    f"b_{name}": row[_COLUMNS.index(name)]
-                    for name in ("value", "timestamp", "step", "is_nan")
-                },
+                "b_value": row[_VALUE],
+                "b_timestamp": row[_TIMESTAMP],
+                "b_step": row[_STEP],
+                "b_is_nan": row[_IS_NAN],
             }
             for key, row in newest.items()
             if key in stored and _order(row) > stored[key]
