@@ -23,8 +23,9 @@ import threading
 import time
 import uuid
 
+from tracelet.bus import CHUNK as FRAME  # groups per frame, as the bus ships them
+
 NAMES = ("train/loss", "train/abs", "train/scaled", "epoch")  # what the core benchmark's fit logs
-FRAME = 200  # groups per frame, as the bus ships them (bus.CHUNK)
 TARGETS = {
     "journal": "tracelet.backends.journal:JournalBackend",
     "mlflow": "tracelet.backends.mlflow:MLflowBackend",
