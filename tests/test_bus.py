@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -137,6 +138,38 @@ def test_a_dead_writer_process_makes_events_count_as_dropped_not_raise():
     assert exp.flush(1.0) is False
     report = tracelet.stop_logging(timeout=1.0)
     assert report.backends["Recording"].reasons.get("writer process exited", 0) >= 999
+
+
+def test_events_waiting_in_the_buffer_when_the_writer_dies_are_counted():
+    """The writer's death is noticed by the reply reader while the sender is busy: what waits is counted.
+
+    CI once saw no drops at all here: the reader marked the bus dead and the sender, finding
+    it dead, never looked at the buffer again.
+    """
+    exp = _start("Recording")
+    assert exp.flush(10)
+    bus = exp._bus
+    sending, release = threading.Event(), threading.Event()
+    in_flight: list[int] = []
+
+    def held_send(items):  # a frame that reached the pipe before the writer died: not ours to count
+        in_flight.append(sum(len(i.names) for i in items if hasattr(i, "names")))
+        sending.set()
+        release.wait(10)
+
+    bus._transport.send = held_send
+    for step in range(200):
+        exp._emit_metrics({"a": 1.0}, step, 1000.0)
+    assert sending.wait(10)
+    for step in range(150):
+        exp._emit_metrics({"a": 1.0, "b": 2.0}, step, 1000.0)
+    os.kill(bus._transport.pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while not bus._dead and time.monotonic() < deadline:  # the reply reader sees EOF
+        time.sleep(0.01)
+    release.set()
+    report = tracelet.stop_logging(timeout=1.0)
+    assert report.backends["Recording"].reasons == {"writer process exited": 200 - in_flight[0] + 300}
 
 
 @pytest.mark.parametrize("writer", WRITERS)

@@ -71,6 +71,7 @@ class EventBus:
         self._dead = False  # the writer is gone: everything from now on is dropped, counted
         self._forked = False
         self.dropped: dict[str, int] = {}
+        self._drop_lock = threading.Lock()  # the training, sender and reply threads all count drops
         self._names = [spec.name for spec in backends]
         self._stats: dict[str, BackendStats] = {name: BackendStats(name) for name in self._names}
         self._stats_lock = threading.Lock()
@@ -119,6 +120,8 @@ class EventBus:
 
     def stats(self) -> dict[str, BackendStats]:
         """The latest counters per backend, this process's own drops included."""
+        if self._dead and not self._forked:
+            self._drop_buffered()  # an emit that raced the writer's death may have appended since
         with self._stats_lock:
             result = {
                 name: dataclasses.replace(s, reasons=dict(s.reasons)) for name, s in self._stats.items()
@@ -146,7 +149,8 @@ class EventBus:
         return Outcome(done, self.stats())
 
     def _count_drop(self, count: int, reason: str) -> None:
-        self.dropped[reason] = self.dropped.get(reason, 0) + count
+        with self._drop_lock:
+            self.dropped[reason] = self.dropped.get(reason, 0) + count
         if reason == "queue full":
             _log.warn_once(
                 "bus-overflow",
@@ -197,10 +201,10 @@ class EventBus:
 
     def _writer_lost(self, chunk: list[Any], err: BaseException) -> None:
         self._dead = True
-        lost = sum(_points(item) for item in chunk if not isinstance(item, Control))
-        lost += sum(_points(item) for item in self._buffer if not isinstance(item, Control))
-        self._buffer.clear()
-        self._count_drop(lost, "writer process exited")
+        self._count_drop(
+            sum(_points(item) for item in chunk if type(item) is not Control), "writer process exited"
+        )
+        self._drop_buffered()
         log.warning(
             "tracelet's writer stopped accepting events (%s); the rest of this run is counted as dropped", err
         )
@@ -209,7 +213,27 @@ class EventBus:
     def _on_writer_exit(self) -> None:
         if not self._stopping:
             self._dead = True
+            self._drop_buffered()
             self._release_waiters()
+
+    def _drop_buffered(self) -> None:
+        """Count what waits in the buffer as lost to the writer's death, and empty it.
+
+        Items are taken one ``popleft`` at a time (atomic), never by iterating: the training
+        thread may still be appending, and the sender may be taking a chunk at the same time;
+        each item is counted by exactly one of them.
+        """
+        buffer = self._buffer
+        lost = 0
+        while True:
+            try:
+                item = buffer.popleft()
+            except IndexError:
+                break
+            if type(item) is not Control:
+                lost += _points(item)
+        if lost:
+            self._count_drop(lost, "writer process exited")
 
     def _release_waiters(self) -> None:
         for answered, _ in list(self._waiting.values()):
