@@ -168,22 +168,29 @@ def _os_write_fails_once_part_way(monkeypatch):
     return state
 
 
-@pytest.mark.parametrize("name", ["mlflow", "wandb", "clearml", "journal"])
+FAILING_CALLS = {  # backend: (attribute, its method that fails, on which call)
+    "mlflow": ("_local", "write", 2),  # the direct SQLite path
+    "mlflow/log_batch": ("_client", "log_batch", 1),  # MLflow's client (a remote server, say)
+    "wandb": ("_run", "log", 700),
+    "clearml": ("_logger", "report_scalar", 700),
+}
+
+
+@pytest.mark.parametrize("name", ["mlflow", "mlflow/log_batch", "wandb", "clearml", "journal"])
 def test_a_real_backend_failing_part_way_through_a_batch_stores_every_point_once(name, tmp_path, monkeypatch):
     from tracelet.backends.base import BUILTINS, BackendSpec, load
     from tracelet.testing import sample_run
 
-    backend = load(BackendSpec(name, BUILTINS[name].target))
+    kind = name.split("/")[0]
+    backend = load(BackendSpec(kind, BUILTINS[kind].target))
     run = sample_run(settings={"journal_dir": str(tmp_path / "runs")})
-    failing = {
-        "mlflow": ("_client", "log_batch", 1),
-        "wandb": ("_run", "log", 700),
-        "clearml": ("_logger", "report_scalar", 700),
-    }
+    failing = dict(FAILING_CALLS)
     original_open = backend.open
 
     def open_then_break(run):
         location = original_open(run)
+        if name == "mlflow/log_batch":
+            backend._local = None
         if name in failing:
             owner, attribute, call = failing[name]
             failing[name] = _fail_once_at_call(getattr(backend, owner), attribute, call)
@@ -202,21 +209,17 @@ def test_a_real_backend_failing_part_way_through_a_batch_stores_every_point_once
     if journal_state is not None:
         assert journal_state["failed"]
     else:
-        assert failing[name][0] > failing_call(name), "the injected failure never happened"
+        assert failing[name][0] > FAILING_CALLS[name][2], "the injected failure never happened"
     reader = {
         "mlflow": _mlflow_points,
         "wandb": _wandb_points,
         "clearml": _clearml_points,
         "journal": _journal_points,
     }
-    assert reader[name](backend, stats.location)["loss"] == [(i, float(i)) for i in range(2_500)]
-    if name == "mlflow":  # params of a failed call are sent again, not taken as stored
+    assert reader[kind](backend, stats.location)["loss"] == [(i, float(i)) for i in range(2_500)]
+    if kind == "mlflow":  # params of a failed call are sent again, not taken as stored
         from helpers import mlflow_run
 
         assert mlflow_run(stats.location.run_id, stats.location.uri).data.params == {
             f"p{i}": str(i) for i in range(150)
         }
-
-
-def failing_call(name: str) -> int:
-    return {"mlflow": 1, "wandb": 700, "clearml": 700}[name]

@@ -1,0 +1,471 @@
+"""A local MLflow SQLite store written straight into MLflow's own tables, without importing MLflow.
+
+Why: importing MLflow and building its client cost ~1.9 s of CPU here, nearly all of the
+writer process's start-up, and that start-up overlaps the first seconds of training (on a
+2-vCPU VM the writer's CPU is partly training's). MLflow's ``log_batch`` also builds an ORM
+object per metric (~150 us of CPU each). For the embedded default, ``sqlite:///<cwd>/mlflow.db``,
+this module creates the run in an existing experiment, stores metrics, params and tags, copies
+artifacts into the run's local artifact directory and ends the run, with the standard
+library's ``sqlite3`` (a few ms to open, a few us of CPU per metric).
+
+It writes only where the schema is known to be the one the installed MLflow would find:
+
+- the database file exists and its ``alembic_version`` is the head of the installed MLflow's
+  own migration scripts (read as text from MLflow's package directory; nothing is imported);
+- every table written holds the columns filled here, and every other column may be left out;
+- workspaces are off (``MLFLOW_ENABLE_WORKSPACES``) and the experiment is in the default one.
+
+Everything else is declined (``None`` or ``False``, nothing written) and the caller does it
+through ``MlflowClient``, importing MLflow only then, so MLflow's own rules and messages apply:
+a store that does not exist yet (MLflow creates its schema), a new or deleted experiment, a run
+without a name (MLflow names it), a name or value MLflow's validation would refuse, a changed
+param, a ``mlflow.runName`` tag, a point already stored (a retried batch), a run no longer
+active, a locked database, an artifact location that is not a local directory.
+
+The rows are MLflow's (``SqlAlchemyStore.create_run``, ``log_batch``, ``update_run_info`` and
+``LocalArtifactRepository`` of MLflow 3.x, read in its source); ``tests/test_mlflow_sqlite.py``
+writes the same runs both ways and compares everything MLflow reads back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import importlib.util
+import logging
+import math
+import os
+import posixpath
+import re
+import shutil
+import sqlite3
+import sys
+import tempfile
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+from urllib.parse import unquote, urlparse
+
+log = logging.getLogger(__name__)
+
+MAX_KEY = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
+MAX_PARAM_VALUE = 6000  # MAX_PARAM_VAL_LENGTH
+MAX_TAG_VALUE = 8000  # MAX_TAG_VAL_LENGTH
+RUN_NAME_TAG = "mlflow.runName"
+_VALID_KEY = re.compile(r"[/\w.\- :]*")  # MLflow's validate_param_and_metric_name, as a full match
+_INT64 = (-(2**63), 2**63 - 1)
+_DEFAULT_WORKSPACE = "default"
+_LOCK_WAIT_S = 10.0  # another writer (the MLflow UI, a second run) holds the database meanwhile
+
+# what is written, per table; every other column must take NULL or have a default
+_COLUMNS = {
+    "runs": (
+        "run_uuid",
+        "name",
+        "source_type",
+        "source_name",
+        "entry_point_name",
+        "user_id",
+        "status",
+        "start_time",
+        "end_time",
+        "source_version",
+        "lifecycle_stage",
+        "artifact_uri",
+        "experiment_id",
+        "deleted_time",
+    ),
+    "tags": ("key", "value", "run_uuid"),
+    "params": ("key", "value", "run_uuid"),
+    "metrics": ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
+    "latest_metrics": ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
+}
+_READ = {"experiments": ("experiment_id", "name", "artifact_location", "lifecycle_stage", "workspace")}
+
+
+class Point(NamedTuple):
+    """One metric value as MLflow stores it: sanitized key, millisecond timestamp, int step."""
+
+    key: str
+    value: float
+    timestamp: int
+    step: int
+
+
+class Experiment(NamedTuple):
+    experiment_id: str
+    artifact_location: str
+
+
+def store_path(uri: str) -> str | None:
+    """The file of a ``sqlite:///`` URI; None for any other kind of store or an in-memory one."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///") :].partition("?")[0]
+    if not path or path == ":memory:":
+        return None
+    return os.path.abspath(path)
+
+
+@functools.lru_cache(maxsize=1)
+def migrations_head() -> str | None:
+    """The schema revision the installed MLflow expects: the head of its alembic scripts.
+
+    Read as text (``revision = "..."``/``down_revision = ...`` lines): importing MLflow to ask
+    is what this module exists to avoid. None where there is not exactly one head.
+    """
+    spec = importlib.util.find_spec("mlflow")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    versions = os.path.join(spec.submodule_search_locations[0], "store", "db_migrations", "versions")
+    assignment = re.compile(r"^(revision|down_revision)\b[^=\n]*=\s*(.+)$", re.MULTILINE)
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    try:
+        names = [n for n in os.listdir(versions) if n.endswith(".py")]
+        for name in names:
+            with open(os.path.join(versions, name), encoding="utf-8") as handle:
+                for kind, value in assignment.findall(handle.read()):
+                    found = re.findall(r"""["']([0-9A-Za-z_]+)["']""", value)
+                    (revisions if kind == "revision" else parents).update(found)
+    except OSError:
+        return None
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _valid_key(key: str) -> bool:
+    """MLflow's rules for metric, param and tag names (characters, path form, length)."""
+    if not key or len(key) > MAX_KEY or _VALID_KEY.fullmatch(key) is None:
+        return False
+    norm = posixpath.normpath(key)
+    return norm == key and norm != "." and not norm.startswith(("..", "/"))
+
+
+def _metric_row(point: Point, run_id: str) -> tuple[Any, ...]:
+    """A ``metrics`` row in ``_COLUMNS`` order, the value sanitized as MLflow's store does it."""
+    key, value, timestamp, step = point
+    if type(value) is int:
+        value = float(value)
+    if (
+        type(value) is not float
+        or type(timestamp) is not int
+        or type(step) is not int
+        or timestamp < 0
+        or not _INT64[0] <= step <= _INT64[1]
+        or timestamp > _INT64[1]
+    ):
+        raise ValueError(f"metric {key!r}: a value, timestamp or step MLflow would not take")
+    if math.isnan(value):
+        return (key, 0.0, timestamp, step, 1, run_id)
+    if math.isinf(value):
+        value = sys.float_info.max if value > 0 else -sys.float_info.max
+    return (key, value, timestamp, step, 0, run_id)
+
+
+def _local_directory(location: str) -> str | None:
+    """The directory of a local artifact location (a path or a ``file:`` URI); None otherwise."""
+    if location.startswith("file:"):
+        parsed = urlparse(location)
+        if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
+            return None
+        return unquote(parsed.path)
+    if os.path.isabs(location):
+        return location
+    return None
+
+
+class LocalStore:
+    """A connection to an MLflow SQLite store whose schema is the installed MLflow's own."""
+
+    def __init__(self, connection: sqlite3.Connection, path: str) -> None:
+        self._connection = connection
+        self.path = path
+
+    @classmethod
+    def connect(cls, uri: str) -> LocalStore | None:
+        """The store behind ``uri``, or None where this module must not write it (see above)."""
+        path = store_path(uri)
+        if path is None or not os.path.isfile(path):
+            return None
+        if os.environ.get("MLFLOW_ENABLE_WORKSPACES", "").strip().lower() in ("1", "true", "yes"):
+            return None
+        if sqlite3.sqlite_version_info < (3, 24, 0):  # ON CONFLICT ... DO UPDATE
+            return None
+        try:
+            connection = sqlite3.connect(
+                path, timeout=_LOCK_WAIT_S, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as err:
+            log.debug("MLflow store %s: not opened directly (%s)", path, err)
+            return None
+        store = cls(connection, path)
+        try:
+            usable = store._schema_is_known()
+        except sqlite3.Error as err:
+            log.debug("MLflow store %s: schema not readable (%s)", path, err)
+            usable = False
+        if not usable:
+            connection.close()
+            return None
+        return store
+
+    def _schema_is_known(self) -> bool:
+        head = migrations_head()
+        version = self._connection.execute("SELECT version_num FROM alembic_version").fetchall()
+        if head is None or version != [(head,)]:
+            log.debug("MLflow store %s at %s, installed MLflow expects %s", self.path, version, head)
+            return False
+        for table, written in _COLUMNS.items():
+            columns = self._connection.execute(f'PRAGMA table_info("{table}")').fetchall()
+            # (cid, name, type, notnull, dflt_value, pk)
+            names = {c[1] for c in columns}
+            if not names >= set(written):
+                return False
+            if any(c[3] and c[4] is None and c[1] not in written for c in columns):
+                return False  # a column MLflow fills that this module does not know
+        for table, read in _READ.items():
+            names = {c[1] for c in self._connection.execute(f'PRAGMA table_info("{table}")')}
+            if not names >= set(read):
+                return False
+        return True
+
+    def experiment(self, name: str) -> Experiment | None:
+        """The active experiment ``name`` of the default workspace with a local artifact location."""
+        found = self._connection.execute(
+            "SELECT experiment_id, artifact_location, lifecycle_stage FROM experiments "
+            "WHERE name = ? AND workspace = ?",
+            (name, _DEFAULT_WORKSPACE),
+        ).fetchone()
+        if found is None or found[2] != "active" or not found[1] or _local_directory(found[1]) is None:
+            return None
+        return Experiment(str(found[0]), found[1])
+
+    def create_run(
+        self, experiment: Experiment, run_name: str, start_time_ms: int, tags: Mapping[str, str]
+    ) -> LocalRun | None:
+        """A new RUNNING run, as ``MlflowClient.create_run`` makes it; None where MLflow must."""
+        if not run_name or len(run_name) > 250 or RUN_NAME_TAG in tags:
+            return None
+        tag_rows = {**tags, RUN_NAME_TAG: run_name}
+        if not all(_valid_key(k) and len(v) <= MAX_TAG_VALUE for k, v in tag_rows.items()):
+            return None
+        run_id = uuid.uuid4().hex
+        artifact_uri = f"{experiment.artifact_location.rstrip('/')}/{run_id}/artifacts"
+        row = (
+            run_id,
+            run_name,
+            "UNKNOWN",  # MLflow's create_run: the source is told by the mlflow.source.* tags
+            "",
+            "",
+            tags.get("mlflow.user", "unknown"),
+            "RUNNING",
+            start_time_ms,
+            None,
+            "",
+            "active",
+            artifact_uri,
+            int(experiment.experiment_id),
+            None,
+        )
+        try:
+            with self._transaction() as cursor:
+                cursor.execute(_insert("runs"), row)
+                cursor.executemany(_insert("tags"), [(k, v, run_id) for k, v in tag_rows.items()])
+        except sqlite3.Error as err:
+            log.debug("could not create the run directly (%s); MLflow creates it", err)
+            return None
+        return LocalRun(self, run_id, artifact_uri)
+
+    def attach(self, run_id: str) -> LocalRun | None:
+        """A run MLflow created, for the writes that follow."""
+        found = self._connection.execute(
+            "SELECT artifact_uri FROM runs WHERE run_uuid = ?", (run_id,)
+        ).fetchone()
+        return LocalRun(self, run_id, found[0] or "") if found is not None else None
+
+    def close(self) -> None:
+        with contextlib.suppress(sqlite3.Error):
+            self._connection.close()
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Any:
+        cursor = self._connection.cursor()
+        cursor.execute("BEGIN IMMEDIATE")  # the write lock now, not half-way through
+        try:
+            yield cursor
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                cursor.execute("ROLLBACK")
+            raise
+        cursor.execute("COMMIT")
+
+
+class LocalRun:
+    """One run's writes; each method answers False (nothing written) where MLflow must do it."""
+
+    def __init__(self, store: LocalStore, run_id: str, artifact_uri: str) -> None:
+        self._store = store
+        self.run_id = run_id
+        self.artifact_uri = artifact_uri
+        self.enabled = True
+        self._valid_keys: set[str] = set()  # metric names checked once per run
+
+    def write(
+        self,
+        points: Sequence[Point],
+        params: Sequence[tuple[str, str]] = (),
+        tags: Sequence[tuple[str, str]] = (),
+    ) -> bool:
+        """Store everything in one transaction, or nothing."""
+        if not self.enabled:
+            return False
+        run_id = self.run_id
+        valid = self._valid_keys
+        try:
+            for key in {p.key for p in points if p.key not in valid}:
+                if not _valid_key(key):
+                    raise ValueError(f"metric name {key!r}")
+                valid.add(key)
+            rows = list(dict.fromkeys(_metric_row(point, run_id) for point in points))
+            param_values = dict(params)
+            if len(param_values) != len(params):
+                raise ValueError("a param key twice in one batch")
+            if not all(_valid_key(k) and type(v) is str and len(v) <= MAX_PARAM_VALUE for k, v in params):
+                raise ValueError("a param name or value")
+            if not all(
+                _valid_key(k) and k != RUN_NAME_TAG and type(v) is str and len(v) <= MAX_TAG_VALUE
+                for k, v in tags
+            ):
+                raise ValueError("a tag name or value")
+        except (ValueError, TypeError) as err:  # MLflow refuses it: log_batch isolates the entry
+            log.debug("direct path declined a batch (%s)", err)
+            return False
+        try:
+            with self._store._transaction() as cursor:
+                if not self._is_active(cursor):
+                    raise _Declined("the run is not active")
+                new_params = self._new_params(cursor, param_values)
+                if rows:
+                    cursor.executemany(_insert("metrics"), rows)
+                    cursor.executemany(_UPSERT_LATEST, _newest_per_key(rows))
+                if new_params:
+                    cursor.executemany(_insert("params"), [(k, v, run_id) for k, v in new_params.items()])
+                if tags:
+                    cursor.executemany(_UPSERT_TAG, [(k, v, run_id) for k, v in tags])
+        except _Declined as why:
+            log.debug("direct path declined a batch (%s)", why)
+            return False
+        except sqlite3.IntegrityError:  # a point already stored (a retried batch): MLflow's dedup rule
+            return False
+        except sqlite3.OperationalError as err:  # locked, disk full: log_batch meets it too
+            log.debug("direct path failed (%s); using log_batch for this batch", err)
+            return False
+        except sqlite3.Error as err:  # unexpected: stop using this path for the run
+            self.enabled = False
+            log.debug("direct path disabled (%s: %s); using MLflow", type(err).__name__, err)
+            return False
+        return True
+
+    def terminate(self, status: str, end_time_ms: int) -> bool:
+        if not self.enabled:
+            return False
+        try:
+            with self._store._transaction() as cursor:
+                cursor.execute(
+                    "UPDATE runs SET status = ?, end_time = ? "
+                    "WHERE run_uuid = ? AND lifecycle_stage = 'active'",
+                    (status, end_time_ms, self.run_id),
+                )
+                return cursor.rowcount == 1
+        except sqlite3.Error as err:
+            log.debug("could not end the run directly (%s)", err)
+            return False
+
+    def close(self) -> None:
+        self.enabled = False
+        self._store.close()
+
+    def copy_artifact(self, path: str, artifact_path: str | None) -> bool:
+        """Copy a file or directory under the run's artifact directory, as MLflow's
+        ``LocalArtifactRepository`` does; False where the location is not a local directory."""
+        root = _local_directory(self.artifact_uri)
+        if root is None or not self.enabled:
+            return False
+        relative = posixpath.normpath(artifact_path) if artifact_path else ""
+        if relative in (".", "") and artifact_path:
+            relative = ""
+        if relative.startswith(("/", "..")) or os.path.isabs(relative):
+            return False  # MLflow's own message for a bad artifact path
+        destination = os.path.join(root, *relative.split("/")) if relative else root
+        os.makedirs(destination, exist_ok=True)
+        if os.path.isdir(path):
+            shutil.copytree(path, destination, dirs_exist_ok=True, copy_function=shutil.copyfile)
+            return True
+        target = os.path.join(destination, os.path.basename(path))
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samefile(path, target):
+                return True
+        # a temporary file renamed into place: a reader never sees half a file
+        handle, temporary = tempfile.mkstemp(dir=destination, prefix=".tracelet-")
+        try:
+            with os.fdopen(handle, "wb") as out, open(path, "rb") as source:
+                shutil.copyfileobj(source, out, 1 << 20)
+            shutil.copystat(path, temporary)
+            os.replace(temporary, target)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+        return True
+
+    def _is_active(self, cursor: sqlite3.Cursor) -> bool:
+        found = cursor.execute(
+            "SELECT lifecycle_stage FROM runs WHERE run_uuid = ?", (self.run_id,)
+        ).fetchone()
+        return found is not None and found[0] == "active"
+
+    def _new_params(self, cursor: sqlite3.Cursor, values: Mapping[str, str]) -> dict[str, str]:
+        """Params not stored yet; an identical one again is nothing, a changed one is MLflow's refusal."""
+        if not values:
+            return {}
+        keys = list(values)
+        stored: dict[str, str] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start : start + 500]
+            query = (
+                f"SELECT key, value FROM params WHERE run_uuid = ? AND key IN ({', '.join('?' * len(chunk))})"
+            )
+            stored.update(cursor.execute(query, (self.run_id, *chunk)).fetchall())
+        if any(stored[k] != v for k, v in values.items() if k in stored):
+            raise _Declined("a param changes value")
+        return {k: v for k, v in values.items() if k not in stored}
+
+
+class _Declined(Exception):
+    pass
+
+
+def _insert(table: str) -> str:
+    columns = _COLUMNS[table]
+    names = ", ".join(f'"{c}"' for c in columns)
+    return f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" * len(columns))})'
+
+
+# MLflow's rule for the run table's values: per key, the point with the greatest (step, timestamp, value)
+_UPSERT_LATEST = (
+    f"{_insert('latest_metrics')} ON CONFLICT (key, run_uuid) DO UPDATE SET "
+    "value = excluded.value, timestamp = excluded.timestamp, step = excluded.step, is_nan = excluded.is_nan "
+    "WHERE (excluded.step, excluded.timestamp, excluded.value) > "
+    "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
+)
+_UPSERT_TAG = f"{_insert('tags')} ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value"
+
+
+def _newest_per_key(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    newest: dict[str, tuple[Any, ...]] = {}
+    for row in rows:
+        current = newest.get(row[0])
+        if current is None or (row[3], row[2], row[1]) > (current[3], current[2], current[1]):
+            newest[row[0]] = row
+    return list(newest.values())
