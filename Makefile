@@ -39,6 +39,7 @@ bench: install
 	$(PY) benchmarks/bench_ddp.py
 	$(PY) benchmarks/bench_load.py
 	$(PY) benchmarks/bench_writer.py
+	$(PY) benchmarks/bench_instructions.py
 
 clean:
 	rm -rf $(VENV) mlflow.db mlruns mlartifacts lightning_logs tracelet-runs build

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -183,3 +185,17 @@ def test_other_benchmarks_run_in_smoke_mode(script, args, expect):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert expect in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="valgrind (callgrind) is not installed")
+def test_instruction_benchmark_counts_a_tracked_and_an_untracked_step():
+    out = subprocess.run(
+        [sys.executable, str(EXAMPLES.parent / "benchmarks" / "bench_instructions.py"), "--steps", "10"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    # a smoke run: 10 steps are too few to resolve the ~1% a step costs (one collection of the
+    # garbage collector moves a fit's count by more); the figure itself comes from the default 150
+    assert re.search(r"tracelet adds -?[\d.]+% on the training thread", out.stdout), out.stdout

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import random
+import re
 import sqlite3
 import subprocess
 import sys
@@ -245,20 +246,16 @@ def _rebuild_with_required_column(path: str, table: str) -> None:
     connection.close()
 
 
-@pytest.mark.parametrize(
-    "case", ["new store", "new experiment", "unnamed run", "other schema version", "unknown column"]
-)
+@pytest.mark.parametrize("case", ["new store", "new experiment", "other schema version", "unknown column"])
 def test_mlflow_does_what_the_direct_path_must_not(tmp_path, store, monkeypatch, case):
-    """MLflow creates a new store, a new experiment and an unnamed run's name; once the run exists
-    the direct path takes the writes. A schema it does not know is left to MLflow entirely."""
+    """MLflow creates a new store and a new experiment; once the run exists the direct path takes
+    the writes. A schema it does not know is left to MLflow entirely."""
     path = mlflow_sqlite.store_path(store)
     run = {}
     if case == "new store":
         store = f"sqlite:///{tmp_path / 'new.db'}"
     elif case == "new experiment":
         run = {"project": "brand-new"}
-    elif case == "unnamed run":
-        run = {"exp_name": None}
     elif case == "other schema version":
         monkeypatch.setattr(mlflow_sqlite, "migrations_head", lambda: "0000000000")
     else:
@@ -266,7 +263,7 @@ def test_mlflow_does_what_the_direct_path_must_not(tmp_path, store, monkeypatch,
     backend = MLflowBackend()
     backend.open(sample_run(backend_url=store, **run))
     assert backend._client_instance is not None, "MLflow made the run"
-    direct = case in ("new store", "new experiment", "unnamed run")
+    direct = case in ("new store", "new experiment")
     assert (backend._local is not None) is direct
     if case == "unknown column":
         return  # MLflow's own client refuses to work on a schema it does not know either
@@ -326,3 +323,11 @@ def test_what_mlflow_would_refuse_is_declined_and_nothing_is_written(
     stored = _stored(direct)
     assert stored["histories"] == {} and stored["params"] == {}
     assert direct._local.write(ok) and _stored(direct)["latest"] == {"fine": 1.0}
+
+
+def test_a_run_without_a_name_is_named_in_mlflows_style(store, monkeypatch):
+    backend, _ = _open(store, True, monkeypatch, exp_name=None)
+    backend.close("FINISHED")
+    stored = _stored(backend)
+    assert re.fullmatch(r"[a-z]+-[a-z]+-\d{1,3}", stored["info"][0]), stored["info"]
+    assert stored["tags"]["mlflow.runName"] == stored["info"][0]

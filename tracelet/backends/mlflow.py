@@ -3,7 +3,7 @@
 project -> experiment, exp_name -> run name. On a local SQLite store whose schema is the
 installed MLflow's, the run is created and written straight into MLflow's own tables without
 importing MLflow (``mlflow_sqlite.py``: the writer starts in ~0.3 s of CPU instead of ~2 s).
-Everything that path declines — a new store or experiment, an unnamed run, a remote server,
+Everything that path declines — a new store or experiment, a remote server,
 an entry MLflow would refuse — goes through an ``MlflowClient`` (imported then) with an
 explicit run id, never the fluent global run, so a user's own ``mlflow.start_run`` is
 untouched; metrics, params and tags then go out in ``log_batch`` calls within MLflow's limits.
@@ -134,12 +134,12 @@ class MLflowBackend:
         store = LocalStore.connect(uri)
         if store is not None:
             experiment = store.experiment(experiment_name)
-            if experiment is not None and run.exp_name:
+            if experiment is not None:
                 self._local = store.create_run(experiment, run.exp_name, start_ms, tags)
                 if self._local is not None:
                     self._run_id = self._local.run_id
                     return self._location(experiment.experiment_id)
-        # MLflow itself: it creates a new store's schema and experiments, and names unnamed runs
+        # MLflow itself: it creates a new store's schema and new experiments
         if run.api_key and not os.environ.get("MLFLOW_TRACKING_TOKEN"):
             os.environ["MLFLOW_TRACKING_TOKEN"] = run.api_key  # this process only: the writer
         if uri.startswith(("http://", "https://")):

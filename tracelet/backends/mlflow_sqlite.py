@@ -17,10 +17,10 @@ It writes only where the schema is known to be the one the installed MLflow woul
 
 Everything else is declined (``None`` or ``False``, nothing written) and the caller does it
 through ``MlflowClient``, importing MLflow only then, so MLflow's own rules and messages apply:
-a store that does not exist yet (MLflow creates its schema), a new or deleted experiment, a run
-without a name (MLflow names it), a name or value MLflow's validation would refuse, a changed
-param, a ``mlflow.runName`` tag, a point already stored (a retried batch), a run no longer
-active, a locked database, an artifact location that is not a local directory.
+a store that does not exist yet (MLflow creates its schema), a new or deleted experiment, a
+name or value MLflow's validation would refuse, a changed param, a ``mlflow.runName`` tag, a
+point already stored (a retried batch), a run no longer active, a locked database, an
+artifact location that is not a local directory.
 
 The rows are MLflow's (``SqlAlchemyStore.create_run``, ``log_batch``, ``update_run_info`` and
 ``LocalArtifactRepository`` of MLflow 3.x, read in its source); ``tests/test_mlflow_sqlite.py``
@@ -36,6 +36,7 @@ import logging
 import math
 import os
 import posixpath
+import random
 import re
 import shutil
 import sqlite3
@@ -132,6 +133,95 @@ def migrations_head() -> str | None:
         return None
     heads = revisions - parents
     return heads.pop() if len(heads) == 1 else None
+
+
+_ADJECTIVES = [
+    "amber",
+    "bold",
+    "brave",
+    "bright",
+    "calm",
+    "clever",
+    "crisp",
+    "eager",
+    "fair",
+    "gentle",
+    "glad",
+    "grand",
+    "keen",
+    "kind",
+    "lively",
+    "lucid",
+    "merry",
+    "mighty",
+    "noble",
+    "polite",
+    "proud",
+    "quick",
+    "quiet",
+    "rare",
+    "sharp",
+    "silent",
+    "smart",
+    "steady",
+    "swift",
+    "tidy",
+    "vivid",
+    "warm",
+    "wise",
+    "witty",
+    "young",
+]
+_NOUNS = [
+    "ant",
+    "bass",
+    "bear",
+    "bee",
+    "bird",
+    "cat",
+    "colt",
+    "crab",
+    "crow",
+    "deer",
+    "dove",
+    "eel",
+    "elk",
+    "fawn",
+    "finch",
+    "fish",
+    "fox",
+    "frog",
+    "goat",
+    "gull",
+    "hare",
+    "hawk",
+    "horse",
+    "lark",
+    "lion",
+    "lynx",
+    "mole",
+    "moth",
+    "newt",
+    "owl",
+    "ram",
+    "seal",
+    "shrew",
+    "slug",
+    "snail",
+    "swan",
+    "toad",
+    "trout",
+    "wasp",
+    "whale",
+    "wolf",
+    "wren",
+]
+
+
+def random_run_name() -> str:
+    """A name for a run started without one, in the form MLflow gives such runs."""
+    choose = random.SystemRandom()
+    return f"{choose.choice(_ADJECTIVES)}-{choose.choice(_NOUNS)}-{choose.randrange(1000)}"
 
 
 def _valid_key(key: str) -> bool:
@@ -242,10 +332,13 @@ class LocalStore:
         return Experiment(str(found[0]), found[1])
 
     def create_run(
-        self, experiment: Experiment, run_name: str, start_time_ms: int, tags: Mapping[str, str]
+        self, experiment: Experiment, run_name: str | None, start_time_ms: int, tags: Mapping[str, str]
     ) -> LocalRun | None:
-        """A new RUNNING run, as ``MlflowClient.create_run`` makes it; None where MLflow must."""
-        if not run_name or len(run_name) > 250 or RUN_NAME_TAG in tags:
+        """A new RUNNING run, as ``MlflowClient.create_run`` makes it; None where MLflow must.
+
+        A run without a name gets one in MLflow's style (``adjective-noun-number``)."""
+        run_name = run_name or random_run_name()
+        if len(run_name) > 250 or RUN_NAME_TAG in tags:
             return None
         tag_rows = {**tags, RUN_NAME_TAG: run_name}
         if not all(_valid_key(k) and len(v) <= MAX_TAG_VALUE for k, v in tag_rows.items()):

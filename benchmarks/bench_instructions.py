@@ -1,0 +1,175 @@
+"""What tracking adds to a training step, counted in CPU instructions (valgrind's callgrind).
+
+Wall-clock ratios on a shared 2-vCPU VM move by 2 to 3% between identical runs, more than what
+is being measured. Instructions executed do not move with the machine's load: the same
+program, inputs and environment give the same count. This runs one process under callgrind
+with counting off, and turns it on only around ``trainer.fit``: an untracked fit and a
+tracked one (everything on, the writer warm) of N and of 2N steps, so that what a step costs
+is told apart from what a fit costs once (``on_fit_start`` params, ``start``/``end`` hooks).
+Counted per thread: the training thread, and tracelet's own threads in the training process
+(sender, collectors). The writer process runs outside valgrind, natively: its CPU per point
+is ``bench_writer.py``'s. Instructions are not time (cache misses and a busy hyperthread
+sibling cost time, not instructions): this is the lower bound of the cost, measured exactly.
+
+    python benchmarks/bench_instructions.py              # 150 and 300 steps, ~2 minutes
+    python benchmarks/bench_instructions.py --steps 20   # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+PHASES = ("untracked", "tracked")
+
+
+def _inner(steps: int, config: dict) -> None:
+    """Runs under callgrind: fits with counting switched on around them."""
+    os.chdir(tempfile.mkdtemp(prefix="tracelet-instructions-"))
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    import tracelet
+
+    class Tiny(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(8, 1)
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            loss = torch.nn.functional.mse_loss(self.net(x), y)
+            self.log("a", loss)
+            self.log("b", loss * 2)
+            self.log("c", loss * 3)
+            return loss
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    x = torch.randn(steps * 2 * 8, 8, generator=torch.Generator().manual_seed(0))
+    data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+
+    def fit(n: int) -> None:
+        trainer = pl.Trainer(
+            max_steps=n,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            log_every_n_steps=1,
+        )
+        trainer.fit(Tiny(), data)
+
+    def control(*args: str) -> None:
+        subprocess.run(["callgrind_control", *args, str(os.getpid())], capture_output=True, check=True)
+
+    def counted(label: str, n: int) -> None:
+        gc.collect()  # every counted fit starts from the same collector state
+        control("--instr=on")
+        fit(n)
+        control(f"--dump={label}")
+        control("--instr=off")
+
+    fit(20)  # warm-up, both ways: imports, first-call caches, the patches' first application
+    tracelet.start_logging(project="instructions", config=config).flush()
+    fit(20)
+    tracelet.stop_logging()
+    for n in (steps, 2 * steps):
+        counted(f"untracked-{n}", n)
+        tracelet.start_logging(project="instructions", config=config).flush()
+        counted(f"tracked-{n}", n)
+        tracelet.stop_logging()
+
+
+def _read_dumps(directory: str) -> dict[tuple[str, int], dict[int, int]]:
+    """(phase, steps) -> {thread number: instructions}; thread 1 is the training thread."""
+    counts: dict[tuple[str, int], dict[int, int]] = {}
+    for path in glob.glob(os.path.join(directory, "cg.*")):
+        thread = re.search(r"-(\d+)$", path)
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            text = handle.read()  # "totals:" closes the file
+        trigger = re.search(r"^desc: Trigger: dump (\w+)-(\d+)$", text, re.MULTILINE)
+        totals = re.search(r"^totals: (\d+)$", text, re.MULTILINE)
+        if not (thread and trigger and totals):
+            continue
+        key = (trigger.group(1), int(trigger.group(2)))
+        counts.setdefault(key, {})[int(thread.group(1))] = int(totals.group(1))
+    return counts
+
+
+def _report(counts: dict[tuple[str, int], dict[int, int]], steps: int) -> None:
+    def training(phase: str, n: int) -> int:
+        return counts[(phase, n)].get(1, 0)
+
+    def others(phase: str, n: int) -> int:
+        return sum(v for t, v in counts[(phase, n)].items() if t != 1)
+
+    per_step = {p: (training(p, 2 * steps) - training(p, steps)) / steps for p in PHASES}
+    per_fit = {p: training(p, steps) - per_step[p] * steps for p in PHASES}
+    threads = (others("tracked", 2 * steps) - others("untracked", 2 * steps)) / (2 * steps)
+    added = per_step["tracked"] - per_step["untracked"]
+    print(f"\ninstructions per training step (fits of {steps} and {2 * steps} steps, callgrind):")
+    print(f"  untracked, training thread      {per_step['untracked']:>12,.0f}")
+    print(f"  tracked,   training thread      {per_step['tracked']:>12,.0f}   (+{added:,.0f})")
+    print(f"  tracked,   tracelet's threads   {threads:>12,.0f}")
+    share = (added + threads) / per_step["untracked"]
+    print(
+        f"tracelet adds {added / per_step['untracked']:.2%} on the training thread, "
+        f"{share:.2%} with its threads"
+    )
+    print(
+        f"once per fit: {per_fit['tracked'] - per_fit['untracked']:,.0f} instructions on the training thread"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=150)
+    parser.add_argument("--config", default="{}", help="tracelet config as JSON")
+    parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    config = json.loads(args.config)
+    if args.inner:
+        _inner(args.steps, config)
+        return
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind (callgrind) is not installed: nothing measured")
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        directory = os.environ.get("BENCH_KEEP_DIR", directory)
+        command = [
+            "valgrind",
+            "--tool=callgrind",
+            "--instr-atstart=no",
+            "--separate-threads=yes",
+            f"--callgrind-out-file={os.path.join(directory, 'cg.%p')}",
+            sys.executable,
+            os.path.abspath(__file__),
+            "--inner",
+            "--steps",
+            str(args.steps),
+            "--config",
+            args.config,
+        ]
+        out = subprocess.run(command, capture_output=True, text=True, check=False)
+        if out.returncode != 0:
+            raise SystemExit(f"the measured process failed:\n{out.stderr[-3000:]}")
+        counts = _read_dumps(directory)
+    missing = [(p, n) for p in PHASES for n in (args.steps, 2 * args.steps) if (p, n) not in counts]
+    if missing:
+        raise SystemExit(f"no callgrind dump for {missing}")
+    _report(counts, args.steps)
+
+
+if __name__ == "__main__":
+    main()
