@@ -46,6 +46,30 @@ def _example(tmp_path: Path, *command: str, **env: str) -> subprocess.CompletedP
     return out
 
 
+GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
+def _torchrun_example(tmp_path: Path, *command: str, **env: str) -> subprocess.CompletedProcess:
+    """A torchrun job, started once more if a rank aborted in gloo's C++ teardown.
+
+    Now and then a rank dies with SIGABRT and "terminate called without an active exception"
+    as its interpreter exits, after the script's last line (``destroy_process_group`` behind a
+    barrier) — torch's teardown, with or without tracelet: seen in 3 of ~6 full suite runs,
+    never in 62 runs of this test alone (25 of them under plain torchrun). torchrun then kills
+    the other rank, so the run is incomplete: it starts again from an empty directory, once;
+    any other failure, or the same one twice, fails the test.
+    """
+    try:
+        return _example(tmp_path, *command, **env)
+    except AssertionError as failure:
+        if GLOO_TEARDOWN_ABORT not in str(failure):
+            raise
+    for leftover in ("tracelet-runs", "tb", "mlruns"):
+        shutil.rmtree(tmp_path / leftover, ignore_errors=True)
+    (tmp_path / "mlflow.db").unlink(missing_ok=True)
+    return _example(tmp_path, *command, **env)
+
+
 def _runs(tmp_path: Path) -> list:
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     return [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
@@ -82,7 +106,7 @@ def test_plain_pytorch_example_tracks_what_summary_writer_writes(tmp_path, launc
         _example(tmp_path, sys.executable, script, **env)
     else:
         torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", script]
-        _example(
+        _torchrun_example(
             tmp_path,
             sys.executable,
             "-m",
