@@ -34,41 +34,14 @@ PHASES = ("untracked", "tracked")
 def _inner(steps: int, config: dict) -> None:
     """Runs under callgrind: fits with counting switched on around them."""
     os.chdir(tempfile.mkdtemp(prefix="tracelet-instructions-"))
-    import lightning.pytorch as pl
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
+    from tiny import module_and_data, trainer
 
     import tracelet
 
-    class Tiny(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Linear(8, 1)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.net(x), y)
-            self.log("a", loss)
-            self.log("b", loss * 2)
-            self.log("c", loss * 3)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    x = torch.randn(steps * 2 * 8, 8, generator=torch.Generator().manual_seed(0))
-    data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+    Tiny, data = module_and_data(steps * 2)
 
     def fit(n: int) -> None:
-        trainer = pl.Trainer(
-            max_steps=n,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            log_every_n_steps=1,
-        )
-        trainer.fit(Tiny(), data)
+        trainer(n).fit(Tiny(), data)
 
     def control(*args: str) -> None:
         subprocess.run(["callgrind_control", *args, str(os.getpid())], capture_output=True, check=True)

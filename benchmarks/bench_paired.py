@@ -9,7 +9,7 @@ taken; the median pair ratio and the ratio of the fastest runs are printed.
 Wall time on a shared VM moves with its neighbours (steal time), so the CPU time of the
 training process (all its threads: training, tracelet's sender and collectors) is measured
 beside it: that is the work tracking adds where training runs. The writer process's CPU
-(backends; MLflow's import alone is ~2.5 s at start-up) is printed apart — it runs on another
+(backends, their start-up included) is printed apart — it runs on another
 core, niced, yet where the two vCPUs are hyperthreads of one core it still slows training.
 
     python benchmarks/bench_paired.py                   # 2000 steps, 8 pairs, everything on
@@ -39,48 +39,22 @@ def main() -> None:
         "--warm",
         action="store_true",
         help="wait until the backends are open before each tracked fit (steady state: the writer's "
-        "start-up, ~2.5 s of CPU importing MLflow, then does not overlap the fit)",
+        "start-up then does not overlap the fit)",
     )
     args = parser.parse_args()
     os.chdir(tempfile.mkdtemp(prefix="tracelet-paired-"))
 
-    import lightning.pytorch as pl
     import psutil
-    import torch
-    from torch.utils.data import DataLoader, TensorDataset
+    from tiny import module_and_data, trainer
 
     import tracelet
 
-    class Tiny(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torch.nn.Linear(8, 1)
-
-        def training_step(self, batch, batch_idx):
-            x, y = batch
-            loss = torch.nn.functional.mse_loss(self.net(x), y)
-            self.log("a", loss)
-            self.log("b", loss * 2)
-            self.log("c", loss * 3)
-            return loss
-
-        def configure_optimizers(self):
-            return torch.optim.SGD(self.parameters(), lr=0.1)
-
-    x = torch.randn(args.steps * 8, 8, generator=torch.Generator().manual_seed(0))
-    data = DataLoader(TensorDataset(x, x.sum(1, keepdim=True)), batch_size=8)
+    Tiny, data = module_and_data(args.steps)
 
     def fit() -> tuple[float, float]:
-        trainer = pl.Trainer(
-            max_steps=args.steps,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            log_every_n_steps=1,
-        )
+        trainer_ = trainer(args.steps)
         started, cpu = time.perf_counter(), time.process_time()
-        trainer.fit(Tiny(), data)
+        trainer_.fit(Tiny(), data)
         return time.perf_counter() - started, time.process_time() - cpu
 
     config = json.loads(args.config)
