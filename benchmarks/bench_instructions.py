@@ -119,7 +119,6 @@ def main() -> None:
         print("valgrind (callgrind) is not installed: nothing measured")
         return
     with tempfile.TemporaryDirectory() as directory:
-        directory = os.environ.get("BENCH_KEEP_DIR", directory)
         command = [
             "valgrind",
             "--tool=callgrind",

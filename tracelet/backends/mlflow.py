@@ -27,19 +27,24 @@ from typing import Any
 
 from tracelet import _log
 from tracelet.backends.base import RunInfo, RunLocation, WriteInterrupted
-from tracelet.backends.mlflow_sqlite import LocalRun, LocalStore, Point
+from tracelet.backends.mlflow_sqlite import (
+    KEY_CHARACTERS,
+    MAX_KEY,
+    MAX_PARAM_VALUE,
+    MAX_TAG_VALUE,
+    LocalRun,
+    LocalStore,
+    Point,
+)
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 from tracelet.values import flatten
 
 log = logging.getLogger(__name__)
 
-MAX_KEY = 250
-MAX_PARAM_VALUE = 6000
-MAX_TAG_VALUE = 8000
 MAX_PARAMS_OR_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
 _INFINITIES = (math.inf, -math.inf)
-_INVALID_CHARS = re.compile(r"[^/\w.\- :]")
+_INVALID_CHARS = re.compile(f"[^{KEY_CHARACTERS}]")
 
 
 def default_tracking_uri(backend_url: str | None) -> str:

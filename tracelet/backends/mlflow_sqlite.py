@@ -53,7 +53,8 @@ MAX_KEY = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
 MAX_PARAM_VALUE = 6000  # MAX_PARAM_VAL_LENGTH
 MAX_TAG_VALUE = 8000  # MAX_TAG_VAL_LENGTH
 RUN_NAME_TAG = "mlflow.runName"
-_VALID_KEY = re.compile(r"[/\w.\- :]*")  # MLflow's validate_param_and_metric_name, as a full match
+KEY_CHARACTERS = r"/\w.\- :"  # MLflow's validate_param_and_metric_name (not on Windows)
+_VALID_KEY = re.compile(f"[{KEY_CHARACTERS}]*")  # as a full match
 _INT64 = (-(2**63), 2**63 - 1)
 _DEFAULT_WORKSPACE = "default"
 _LOCK_WAIT_S = 10.0  # another writer (the MLflow UI, a second run) holds the database meanwhile
@@ -485,12 +486,10 @@ class LocalRun:
         root = _local_directory(self.artifact_uri)
         if root is None or not self.enabled:
             return False
-        relative = posixpath.normpath(artifact_path) if artifact_path else ""
-        if relative in (".", "") and artifact_path:
-            relative = ""
+        relative = posixpath.normpath(artifact_path or ".")
         if relative.startswith(("/", "..")) or os.path.isabs(relative):
             return False  # MLflow's own message for a bad artifact path
-        destination = os.path.join(root, *relative.split("/")) if relative else root
+        destination = root if relative == "." else os.path.join(root, *relative.split("/"))
         os.makedirs(destination, exist_ok=True)
         if os.path.isdir(path):
             shutil.copytree(path, destination, dirs_exist_ok=True, copy_function=shutil.copyfile)
