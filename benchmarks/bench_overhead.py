@@ -25,6 +25,7 @@ import tempfile
 import time
 
 from ratios import describe
+from tiny import byte_compile_tracelet
 
 CONFIGS = {
     "logger=False": "the baseline: Lightning computes and reduces every self.log, nobody records it",
@@ -156,6 +157,7 @@ def main() -> None:
         print(json.dumps(_job(args.one, args.steps, args.workdir)))
         return
 
+    byte_compile_tracelet()
     chosen = ["logger=False", *(c for c in args.configs if c != "logger=False")]
     samples: dict[str, list[dict]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as root:

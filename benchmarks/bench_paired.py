@@ -45,10 +45,11 @@ def main() -> None:
     os.chdir(tempfile.mkdtemp(prefix="tracelet-paired-"))
 
     import psutil
-    from tiny import module_and_data, trainer
+    from tiny import byte_compile_tracelet, module_and_data, trainer
 
     import tracelet
 
+    byte_compile_tracelet()
     Tiny, data = module_and_data(args.steps)
 
     def fit() -> tuple[float, float]:

@@ -3,7 +3,21 @@ three ``self.log`` calls a step, no logger, nothing printed."""
 
 from __future__ import annotations
 
+import compileall
+import os
 from typing import Any
+
+
+def byte_compile_tracelet() -> None:
+    """Write tracelet's ``.pyc`` files, as ``pip install`` does for an installed package.
+
+    Run from a source checkout with ``PYTHONDONTWRITEBYTECODE`` set (as on our CI machines),
+    every process — the writer too — would otherwise compile tracelet from source at start-up,
+    a cost no installed copy has.
+    """
+    import tracelet
+
+    compileall.compile_dir(os.path.dirname(tracelet.__file__), quiet=1)
 
 
 def module_and_data(steps: int) -> tuple[type, Any]:

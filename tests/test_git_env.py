@@ -3,6 +3,7 @@ secrets never stored."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import subprocess
 import sys
 import textwrap
@@ -13,7 +14,7 @@ from helpers import clearml_series, mlflow_run
 from mlflow.tracking import MlflowClient
 
 import tracelet
-from tracelet.collectors.environment import redact_argv
+from tracelet.collectors.environment import describe, installed_distributions, redact_argv, requirements
 from tracelet.collectors.git import collect, redact_url
 from tracelet.secrets import is_secret_name, redact_params
 
@@ -110,6 +111,25 @@ def test_not_a_repository_records_no_git_and_does_not_fail(tmp_path, monkeypatch
     report = tracelet.stop_logging()
     tags, _ = _mlflow_tags_and_artifacts(report)
     assert not any(k.startswith(("git.", "mlflow.source.git")) for k in tags)
+
+
+def test_outside_a_repository_gitpython_is_not_even_imported(tmp_path):
+    code = "import sys; from tracelet.collectors.git import collect; "
+    code += "print(collect(sys.argv[1]), 'git' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["None", "False"]
+
+
+def test_the_package_list_is_what_importlib_metadata_reads():
+    expected = set()
+    for dist in importlib.metadata.distributions():
+        if dist.metadata and dist.metadata["Name"]:
+            expected.add(f"{dist.metadata['Name']}=={dist.version}")
+    installed = installed_distributions()
+    assert set(requirements(installed).splitlines()) == expected
+    assert describe([], installed=installed)["env.torch"] == importlib.metadata.version("torch")
 
 
 def test_environment_tags_and_package_list(monkeypatch):

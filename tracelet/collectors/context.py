@@ -33,9 +33,10 @@ def gather(run: RunInfo, scratch: str) -> tuple[RunInfo, list[Event]]:
                         handle.write(f"\n# tracelet: diff truncated at {git.MAX_DIFF_BYTES} bytes\n")
                 events.append(Artifact(path, "git"))
     if run.settings.get("track_env", True):
-        events.append(Tags(environment.describe(run.argv, run.settings.get("env_extra"))))
+        installed = environment.installed_distributions()
+        events.append(Tags(environment.describe(run.argv, run.settings.get("env_extra"), installed)))
         path = os.path.join(scratch, "requirements.txt")
         with open(path, "w", encoding="utf-8") as handle:
-            handle.write(environment.requirements())
+            handle.write(environment.requirements(installed))
         events.append(Artifact(path, "environment"))
     return run, events

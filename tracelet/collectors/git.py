@@ -48,6 +48,8 @@ def redact_url(url: str) -> str:
 def collect(
     path: str, max_diff_bytes: int = MAX_DIFF_BYTES, timeout: float = GIT_TIMEOUT_S
 ) -> GitInfo | None:
+    if not _inside_a_repository(path):
+        return None  # the common case outside a checkout, without importing GitPython (~0.1 s)
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")  # a missing git binary is not an import error
     try:
         import git
@@ -82,6 +84,21 @@ def collect(
         except Exception as err:  # git too slow (a huge repository) or missing: skip the diff
             log.debug("git status/diff skipped: %s", err)
         return GitInfo(str(repo.working_tree_dir or path), commit, branch, dirty, remote, diff, truncated)
+
+
+def _inside_a_repository(path: str) -> bool:
+    """Whether git would find a repository from ``path``: ``GIT_DIR`` is set, or ``path`` or a
+    parent holds ``.git`` (a directory, or a file as in worktrees and submodules)."""
+    if os.environ.get("GIT_DIR"):
+        return True
+    current = os.path.abspath(path)
+    while True:
+        if os.path.exists(os.path.join(current, ".git")):
+            return True
+        parent = os.path.dirname(current)
+        if parent == current:
+            return False
+        current = parent
 
 
 def _remote(repo: object) -> str | None:
