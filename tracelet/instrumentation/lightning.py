@@ -35,25 +35,16 @@ from typing import TYPE_CHECKING, Any
 
 from tracelet.events import FAILED, KILLED
 from tracelet.instrumentation.base import Instrumentor, Safety, guarded
-from tracelet.instrumentation.tensorboard import captured_elsewhere
+from tracelet.instrumentation.tensorboard import captured_elsewhere, capturing_elsewhere
 
 if TYPE_CHECKING:
     from tracelet.experiment import Experiment
 
 NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 _CONNECTOR = "trainer.connectors.logger_connector.logger_connector"
-_OBSERVED_HOOKS = frozenset(
-    (
-        "on_fit_start",
-        "on_train_epoch_start",
-        "on_train_batch_start",
-        "on_train_batch_end",
-        "on_train_epoch_end",
-        "on_validation_end",
-        "on_fit_end",
-    )
-)
 _ENTRY_POINTS = ("fit", "validate", "test", "predict")
+_LOG_METRICS = "lightning log_metrics"
+perf_counter = time.perf_counter  # a module global: one lookup less on every step
 _READ_CPU_TENSORS_AT_ONCE = True  # device tensors are copied to the host asynchronously
 
 
@@ -69,19 +60,7 @@ class LightningInstrumentor(Instrumentor):
         namespace = trainer_module.__name__[: -len(".trainer.trainer")]
         connector_module = sys.modules[f"{namespace}.{_CONNECTOR}"]
         active = lambda: self.active  # noqa: E731
-        self._wrap(
-            connector_module._LoggerConnector,
-            "log_metrics",
-            captured_elsewhere(
-                guarded(
-                    "lightning log_metrics",
-                    self.safety,
-                    active,
-                    self._before_log_metrics,
-                    self._after_log_metrics,
-                )
-            ),
-        )
+        self._wrap(connector_module._LoggerConnector, "log_metrics", self._on_log_metrics)
         self._wrap(
             trainer_module,
             "_log_hyperparams",
@@ -89,7 +68,7 @@ class LightningInstrumentor(Instrumentor):
                 guarded("lightning hyperparameters", self.safety, active, before=self._capture_hyperparams)
             ),
         )
-        self._observe_training(namespace, active)
+        self._observe_training(namespace)
         for entry_point in _ENTRY_POINTS:
             self._wrap(
                 trainer_module.Trainer,
@@ -97,7 +76,7 @@ class LightningInstrumentor(Instrumentor):
                 guarded(f"lightning Trainer.{entry_point}", self.safety, active, on_error=self._on_error),
             )
 
-    def _observe_training(self, namespace: str, active: Callable[[], bool]) -> None:
+    def _observe_training(self, namespace: str) -> None:
         from tracelet.instrumentation.lightning_training import TrainingObserver
 
         settings = self._experiment.settings
@@ -112,21 +91,62 @@ class LightningInstrumentor(Instrumentor):
         )
 
         safety = self.safety
+        handlers = observer.handlers
 
         def dispatch(wrapped: Callable[..., Any], _instance: Any, args: tuple, kwargs: dict) -> Any:
-            # 6 hooks run per training step; only 2 interest us, and only after they ran:
-            # the rest pass straight through, and the observed ones cost one guarded call
+            # 6 hooks run per training step; 2 interest us, and only after they ran: the rest
+            # pass straight through, the observed ones cost one call of their handler
             result = wrapped(*args, **kwargs)
-            hook_name = args[1] if len(args) > 1 else kwargs.get("hook_name")
-            if hook_name in _OBSERVED_HOOKS and active():
-                trainer = args[0] if args else kwargs.get("trainer")
-                safety.run("lightning hooks", observer.after_hook, trainer, hook_name, args[2:])
+            handler = handlers.get(args[1] if len(args) > 1 else kwargs.get("hook_name"))
+            if handler is not None and self._active:
+                started = perf_counter()
+                try:
+                    trainer = args[0] if args else kwargs["trainer"]
+                    if trainer.is_global_zero:
+                        handler(trainer, args[2:])
+                except Exception as err:
+                    safety.failed("lightning hooks", err)
+                safety.calls += 1
+                safety.seconds += perf_counter() - started
             return result
 
         call_module = importlib.import_module(f"{namespace}.trainer.call")
         self._wrap(call_module, "_call_callback_hooks", dispatch)
 
     # -- metrics ----------------------------------------------------------------------------
+    def _on_log_metrics(self, wrapped: Callable[..., Any], connector: Any, args: tuple, kwargs: dict) -> Any:
+        """The wrapper of ``_LoggerConnector.log_metrics``, under the safety contract.
+
+        It runs at every logging step, so it is one function rather than layered wrappers
+        (each layer cost ~0.4 us): capture before the call, emit after it, TensorBoard calls
+        made inside marked as captured here.
+        """
+        if not self._active:
+            return wrapped(*args, **kwargs)
+        safety = self.safety
+        started = perf_counter()
+        try:
+            context = self._before_log_metrics(connector, args, kwargs)
+        except Exception as err:
+            context = None
+            safety.failed(_LOG_METRICS, err)
+        spent = perf_counter() - started
+        capturing_elsewhere.depth += 1
+        try:
+            result = wrapped(*args, **kwargs)
+        finally:
+            capturing_elsewhere.depth -= 1
+        if context is not None:
+            started = perf_counter()
+            try:
+                self._after_log_metrics(context)
+            except Exception as err:
+                safety.failed(_LOG_METRICS, err)
+            spent += perf_counter() - started
+        safety.calls += 1
+        safety.seconds += spent
+        return result
+
     def _before_log_metrics(self, connector: Any, args: tuple, kwargs: dict) -> Any:
         metrics = args[0] if args else kwargs.get("metrics")
         step = args[1] if len(args) > 1 else kwargs.get("step")
@@ -145,7 +165,7 @@ class LightningInstrumentor(Instrumentor):
                 step = trainer.fit_loop.epoch_loop._batches_that_stepped
         return connector, metrics, int(step), step_from_metrics, epoch, bool(trainer.loggers)
 
-    def _after_log_metrics(self, context: Any, _result: Any) -> None:
+    def _after_log_metrics(self, context: Any) -> None:
         connector, metrics, step, step_from_metrics, epoch, had_loggers = context
         if had_loggers:
             # Lightning converted them already (one .item() each): reuse, never sync again
@@ -203,12 +223,18 @@ def _split_by_device(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], list[t
     stack per device and dtype, for a single transfer each."""
     values: dict[str, Any] = {}
     groups: dict[tuple[Any, Any], list[tuple[str, Any]]] = {}
+    read_cpu_now = _READ_CPU_TENSORS_AT_ONCE
     for key, value in metrics.items():
         on_host = getattr(value, "is_cpu", None)  # a torch tensor (cheaper than building .device)
         if on_host is None or not hasattr(value, "detach"):
             values[key] = value
-        elif (on_host and _READ_CPU_TENSORS_AT_ONCE) or value.numel() != 1:
-            values[key] = value.item() if value.numel() == 1 else value
+        elif on_host and read_cpu_now:  # the common case on CPU: one element, read now
+            try:
+                values[key] = value.item()
+            except RuntimeError:  # not one element: kept, and refused (counted) when emitted
+                values[key] = value
+        elif value.numel() != 1:
+            values[key] = value
         else:
             groups.setdefault((value.device, value.dtype), []).append((key, value))
     if not groups:

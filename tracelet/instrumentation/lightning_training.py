@@ -55,7 +55,8 @@ class TrainingObserver:
         self._optimizer_signature: list[tuple[Any, Any, Any]] = []
         self._checkpoint_state: dict[str, Any] = {}
         self._window = _PerfWindow()
-        self._handlers = {
+        # hook name -> what to do after the callbacks of that hook ran, on global rank 0
+        self.handlers: dict[str, Callable[[Any, tuple], None]] = {
             "on_fit_start": self._fit_start,
             "on_train_epoch_start": self._epoch_start,
             "on_train_batch_start": self._batch_start,
@@ -64,11 +65,6 @@ class TrainingObserver:
             "on_validation_end": self._validation_end,
             "on_fit_end": self._fit_end,
         }
-
-    def after_hook(self, trainer: Any, hook_name: str, args: tuple) -> None:
-        handler = self._handlers.get(hook_name)
-        if handler is not None and trainer.is_global_zero:
-            handler(trainer, args)
 
     # -- fit start: configuration ----------------------------------------------------------
     def _fit_start(self, trainer: Any, _args: tuple) -> None:

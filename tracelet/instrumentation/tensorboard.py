@@ -26,34 +26,37 @@ from tracelet.values import to_step
 if TYPE_CHECKING:
     from tracelet.experiment import Experiment
 
-_state = threading.local()
+
+class _Capturing(threading.local):
+    """How deep this thread is inside code whose SummaryWriter calls are captured elsewhere."""
+
+    depth = 0  # each thread starts at 0, no getattr default needed on the hot path
+
+
+capturing_elsewhere = _Capturing()
 
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    _state.depth = getattr(_state, "depth", 0) + 1
+    capturing_elsewhere.depth += 1
     try:
         yield
     finally:
-        _state.depth -= 1
+        capturing_elsewhere.depth -= 1
 
 
 def captured_elsewhere(wrapper: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a wrapt wrapper: SummaryWriter calls made while it runs are not captured again."""
 
     def quiet(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
-        # _quiet() spelled out: this runs on every Lightning logging step, a generator costs ~2 us
-        _state.depth = getattr(_state, "depth", 0) + 1
-        try:
+        with _quiet():
             return wrapper(wrapped, instance, args, kwargs)
-        finally:
-            _state.depth -= 1
 
     return quiet
 
 
 def _suppressed() -> bool:
-    return getattr(_state, "depth", 0) > 0
+    return capturing_elsewhere.depth > 0
 
 
 def _argument(args: tuple, kwargs: dict, index: int, name: str, default: Any = None) -> Any:
