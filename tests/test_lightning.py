@@ -119,18 +119,28 @@ def test_stop_logging_puts_the_original_functions_back(namespace):
     pl = importlib.import_module(namespace)
     trainer_module = importlib.import_module(f"{namespace}.trainer.trainer")
     connector = importlib.import_module(f"{namespace}.trainer.connectors.logger_connector.logger_connector")
+    fit_loop = importlib.import_module(f"{namespace}.loops.fit_loop")._FitLoop
+    evaluation_loop = importlib.import_module(f"{namespace}.loops.evaluation_loop")._EvaluationLoop
+    call = importlib.import_module(f"{namespace}.trainer.call")
 
     def current():
         return (
-            vars(connector._LoggerConnector)["log_metrics"],
+            *(
+                vars(connector._LoggerConnector)[name]
+                for name in ("log_metrics", "on_batch_start", "on_batch_end")
+            ),
+            *(vars(fit_loop)[name] for name in ("on_run_start", "on_advance_start", "on_advance_end")),
+            vars(evaluation_loop)["_on_evaluation_end"],
             vars(trainer_module)["_log_hyperparams"],
             *(vars(pl.Trainer)[name] for name in ("fit", "validate", "test", "predict")),
         )
 
     originals = current()
+    hook_dispatch = vars(call)["_call_callback_hooks"]
     for _ in range(3):  # and again: nothing accumulates across runs
         tracelet.start_logging(config={"writer": "thread"})
         assert all(p is not o for p, o in zip(current(), originals, strict=True))
+        assert vars(call)["_call_callback_hooks"] is hook_dispatch  # 6 calls a step: not patched
         tracelet.stop_logging()
         assert all(r is o for r, o in zip(current(), originals, strict=True))
 

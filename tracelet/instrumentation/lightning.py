@@ -13,7 +13,9 @@ Patched, in both ``lightning.pytorch`` and ``pytorch_lightning``:
   the module and datamodule become params, also with ``logger=False``.
 - ``Trainer.fit/validate/test/predict`` — an exception escaping them marks the run FAILED,
   a KeyboardInterrupt (which Lightning turns into ``SystemExit``) KILLED.
-- ``trainer.call._call_callback_hooks`` — after the callbacks ran, ``TrainingObserver``
+- after the logger connector's ``on_batch_start``/``on_batch_end`` (once per training batch),
+  ``_FitLoop.on_run_start``/``on_advance_start``/``on_advance_end`` (fit and epoch hooks),
+  ``_EvaluationLoop._on_evaluation_end`` and a finished ``Trainer.fit``: ``TrainingObserver``
   (``lightning_training.py``) reads optimizer state, timings and checkpoints.
 
 TensorBoard scalars that Lightning's own ``TensorBoardLogger`` writes from inside
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracelet.events import FAILED, KILLED
 from tracelet.instrumentation.base import Instrumentor, Safety, guarded
+from tracelet.instrumentation.lightning_training import TrainingObserver
 from tracelet.instrumentation.tensorboard import captured_elsewhere, capturing_elsewhere
 
 if TYPE_CHECKING:
@@ -68,17 +71,32 @@ class LightningInstrumentor(Instrumentor):
                 guarded("lightning hyperparameters", self.safety, active, before=self._capture_hyperparams)
             ),
         )
-        self._observe_training(namespace)
+        observer = self._observe_training(namespace)
         for entry_point in _ENTRY_POINTS:
             self._wrap(
                 trainer_module.Trainer,
                 entry_point,
-                guarded(f"lightning Trainer.{entry_point}", self.safety, active, on_error=self._on_error),
+                guarded(
+                    f"lightning Trainer.{entry_point}",
+                    self.safety,
+                    active,
+                    before=_the_trainer,
+                    after=_fit_ended(observer) if entry_point == "fit" else None,
+                    on_error=self._on_error,
+                ),
             )
 
-    def _observe_training(self, namespace: str) -> None:
-        from tracelet.instrumentation.lightning_training import TrainingObserver
+    def _observe_training(self, namespace: str) -> TrainingObserver:
+        """Read what the fit does (``TrainingObserver``) right after Lightning's own steps.
 
+        Not at ``_call_callback_hooks``: it runs 6 times per training step for the 2 we
+        observe, and every pass through a patch costs time on every step. The places below run
+        once per batch (the logger connector's ``on_batch_start``/``on_batch_end``, right
+        around the ``on_train_batch_start``/``on_train_batch_end`` callbacks), once per epoch
+        (the fit loop's ``on_advance_start``/``on_advance_end``, which run the epoch hooks) or
+        once per fit (``_FitLoop.on_run_start``, after ``on_fit_start``; the end of
+        ``Trainer.fit``).
+        """
         settings = self._experiment.settings
         data_module = importlib.import_module(f"{namespace}.utilities.data")
         observer = TrainingObserver(
@@ -89,29 +107,44 @@ class LightningInstrumentor(Instrumentor):
             checkpoint_max_mb=settings.checkpoint_max_mb,
             extract_batch_size=data_module.extract_batch_size,
         )
+        connector = sys.modules[f"{namespace}.{_CONNECTOR}"]._LoggerConnector
+        fit_loop = importlib.import_module(f"{namespace}.loops.fit_loop")._FitLoop
+        evaluation_loop = importlib.import_module(f"{namespace}.loops.evaluation_loop")._EvaluationLoop
+        training = lambda trainer: trainer.training  # noqa: E731  (evaluation batches pass here too)
+        not_testing = lambda trainer: not trainer.testing  # noqa: E731
+        for owner, method, handler, when in (
+            (connector, "on_batch_start", observer.batch_start, training),
+            (connector, "on_batch_end", observer.batch_end, training),
+            (fit_loop, "on_run_start", observer.fit_start, None),
+            (fit_loop, "on_advance_start", observer.epoch_start, None),
+            (fit_loop, "on_advance_end", observer.epoch_end, None),
+            (evaluation_loop, "_on_evaluation_end", observer.validation_end, not_testing),
+        ):
+            self._wrap(owner, method, self._observing(handler, when))
+        return observer
 
+    def _observing(
+        self, handler: Callable[[Any, tuple], None], when: Callable[[Any], bool] | None
+    ) -> Callable[..., Any]:
+        """A wrapper that runs ``handler(trainer, args)`` after the original, on global rank 0
+        and where ``when(trainer)``; under the safety contract, in one function (per batch)."""
         safety = self.safety
-        handlers = observer.handlers
 
-        def dispatch(wrapped: Callable[..., Any], _instance: Any, args: tuple, kwargs: dict) -> Any:
-            # 6 hooks run per training step; 2 interest us, and only after they ran: the rest
-            # pass straight through, the observed ones cost one call of their handler
+        def observe(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
             result = wrapped(*args, **kwargs)
-            handler = handlers.get(args[1] if len(args) > 1 else kwargs.get("hook_name"))
-            if handler is not None and self._active:
+            if self._active:
                 started = perf_counter()
                 try:
-                    trainer = args[0] if args else kwargs["trainer"]
-                    if trainer.is_global_zero:
-                        handler(trainer, args[2:])
+                    trainer = instance.trainer
+                    if trainer.is_global_zero and (when is None or when(trainer)):
+                        handler(trainer, args)
                 except Exception as err:
-                    safety.failed("lightning hooks", err)
+                    safety.failed("lightning training", err)
                 safety.calls += 1
                 safety.seconds += perf_counter() - started
             return result
 
-        call_module = importlib.import_module(f"{namespace}.trainer.call")
-        self._wrap(call_module, "_call_callback_hooks", dispatch)
+        return observe
 
     # -- metrics ----------------------------------------------------------------------------
     def _on_log_metrics(self, wrapped: Callable[..., Any], connector: Any, args: tuple, kwargs: dict) -> Any:
@@ -195,6 +228,19 @@ class LightningInstrumentor(Instrumentor):
     def _on_error(self, _context: Any, exc: BaseException) -> None:
         interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
         self._experiment._mark_status(KILLED if interrupted else FAILED, exc)
+
+
+def _fit_ended(observer: TrainingObserver) -> Callable[[Any, Any], None]:
+    def after_fit(trainer: Any, _result: Any) -> None:
+        """Where ``on_fit_end`` ran: the fit finished (an interrupted or failed one raised)."""
+        if trainer.state.finished and trainer.is_global_zero:
+            observer.fit_end(trainer, ())
+
+    return after_fit
+
+
+def _the_trainer(trainer: Any, _args: tuple, _kwargs: dict) -> Any:
+    return trainer
 
 
 def _initial_hparams(trainer: Any) -> dict[str, Any]:

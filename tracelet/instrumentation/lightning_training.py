@@ -1,6 +1,6 @@
 """What a Lightning fit does beyond ``self.log``: optimizer state, trainer configuration,
-checkpoints, early stopping and training efficiency — read at callback hooks Lightning
-already calls (``trainer.call._call_callback_hooks`` is patched), never changing them.
+checkpoints, early stopping and training efficiency — read right after the steps of the fit
+that run the callback hooks named below (``lightning.py`` says where), never changing them.
 
 - ``on_fit_start``: trainer configuration, model size and optimizer defaults -> params.
 - ``on_train_epoch_start`` and every ``on_train_batch_start`` where a value changed (a
@@ -55,19 +55,9 @@ class TrainingObserver:
         self._optimizer_signature: list[tuple[Any, Any, Any]] = []
         self._checkpoint_state: dict[str, Any] = {}
         self._window = _PerfWindow()
-        # hook name -> what to do after the callbacks of that hook ran, on global rank 0
-        self.handlers: dict[str, Callable[[Any, tuple], None]] = {
-            "on_fit_start": self._fit_start,
-            "on_train_epoch_start": self._epoch_start,
-            "on_train_batch_start": self._batch_start,
-            "on_train_batch_end": self._batch_end,
-            "on_train_epoch_end": self._epoch_end,
-            "on_validation_end": self._validation_end,
-            "on_fit_end": self._fit_end,
-        }
 
     # -- fit start: configuration ----------------------------------------------------------
-    def _fit_start(self, trainer: Any, _args: tuple) -> None:
+    def fit_start(self, trainer: Any, _args: tuple) -> None:
         self._optimizer_signature = []
         self._checkpoint_state.clear()
         params: dict[str, Any] = {"trainer": _trainer_config(trainer)}
@@ -86,7 +76,7 @@ class TrainingObserver:
         self._experiment.log_params(params)
 
     # -- optimizer state -------------------------------------------------------------------
-    def _epoch_start(self, trainer: Any, _args: tuple) -> None:
+    def epoch_start(self, trainer: Any, _args: tuple) -> None:
         self._window.epoch_started = time.perf_counter()
         self._window.last_end = self._window.epoch_started
         if self._optimizer:
@@ -105,7 +95,7 @@ class TrainingObserver:
         self._experiment._emit_metrics(_optimizer_state(optimizers), _step(trainer), time.time())
 
     # -- efficiency ------------------------------------------------------------------------
-    def _batch_start(self, trainer: Any, args: tuple) -> None:
+    def batch_start(self, trainer: Any, args: tuple) -> None:
         if self._optimizer:
             self._emit_optimizer_state(trainer, always=False)
         if self._perf:
@@ -113,7 +103,7 @@ class TrainingObserver:
             window.waiting += time.perf_counter() - window.last_end
             window.batch_size = self._batch_size(args[0] if args else None, window.batch_size)
 
-    def _batch_end(self, trainer: Any, _args: tuple) -> None:
+    def batch_end(self, trainer: Any, _args: tuple) -> None:
         if not self._perf:
             return
         window = self._window
@@ -134,7 +124,7 @@ class TrainingObserver:
             window.reset()
 
     # -- checkpoints and the end of the fit -----------------------------------------------
-    def _epoch_end(self, trainer: Any, _args: tuple) -> None:
+    def epoch_end(self, trainer: Any, _args: tuple) -> None:
         step = max(_step(trainer) - 1, 0)  # where Lightning puts epoch-end metrics: the epoch's last step
         if self._perf and self._window.epoch_started:
             seconds = time.perf_counter() - self._window.epoch_started
@@ -142,7 +132,7 @@ class TrainingObserver:
             self._experiment._emit_metrics({"perf/epoch_time_s": seconds}, step, time.time())
         self._record_checkpoints(trainer, step)
 
-    def _validation_end(self, trainer: Any, _args: tuple) -> None:
+    def validation_end(self, trainer: Any, _args: tuple) -> None:
         self._window.last_end = time.perf_counter()  # validation inside an epoch is not data waiting
         self._record_checkpoints(trainer, _step(trainer))
 
@@ -162,7 +152,7 @@ class TrainingObserver:
             if score is not None:
                 self._experiment._emit_metrics({f"{prefix}/best_score": score}, step, time.time())
 
-    def _fit_end(self, trainer: Any, _args: tuple) -> None:
+    def fit_end(self, trainer: Any, _args: tuple) -> None:
         self._record_checkpoints(trainer, max(_step(trainer) - 1, 0))
         if self._log_checkpoints:
             for callback in trainer.checkpoint_callbacks:
