@@ -81,8 +81,11 @@ def installed_distributions() -> dict[str, str]:
     seen: set[str] = set()
     for dist in importlib.metadata.distributions():
         name, version = _name_and_version(dist.read_text("METADATA") or dist.read_text("PKG-INFO") or "")
-        if name and version and _normalize(name) not in seen:
-            seen.add(_normalize(name))
+        if not (name and version):
+            continue
+        key = _normalize(name)
+        if key not in seen:
+            seen.add(key)
             found[name] = version
     return found
 

@@ -45,25 +45,21 @@ class Safety:
         try:
             return fn(*args)
         except Exception as err:  # tracelet's own bug: never the user's problem
-            self.failed(where, err)
+            self.errors += 1
+            if self.strict:
+                raise TraceletInternalError(f"tracelet failed in {where}: {err!r}") from err
+            _log.warn_once(
+                f"patch:{where}:{type(err).__name__}",
+                "tracelet failed in %s (%s: %s); training goes on, this capture is skipped",
+                where,
+                type(err).__name__,
+                err,
+                log=log,
+            )
             return None
         finally:
             self.calls += 1
             self.seconds += time.perf_counter() - started
-
-    def failed(self, where: str, err: Exception) -> None:
-        """Count a failure of tracelet's code in ``where``; warn once (strict mode: raise)."""
-        self.errors += 1
-        if self.strict:
-            raise TraceletInternalError(f"tracelet failed in {where}: {err!r}") from err
-        _log.warn_once(
-            f"patch:{where}:{type(err).__name__}",
-            "tracelet failed in %s (%s: %s); training goes on, this capture is skipped",
-            where,
-            type(err).__name__,
-            err,
-            log=log,
-        )
 
 
 def guarded(

@@ -47,7 +47,6 @@ NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 _CONNECTOR = "trainer.connectors.logger_connector.logger_connector"
 _ENTRY_POINTS = ("fit", "validate", "test", "predict")
 _LOG_METRICS = "lightning log_metrics"
-perf_counter = time.perf_counter  # a module global: one lookup less on every step
 _READ_CPU_TENSORS_AT_ONCE = True  # device tensors are copied to the host asynchronously
 
 
@@ -61,9 +60,9 @@ class LightningInstrumentor(Instrumentor):
 
     def _apply(self, trainer_module: ModuleType) -> None:
         namespace = trainer_module.__name__[: -len(".trainer.trainer")]
-        connector_module = sys.modules[f"{namespace}.{_CONNECTOR}"]
+        connector = sys.modules[f"{namespace}.{_CONNECTOR}"]._LoggerConnector
         active = lambda: self.active  # noqa: E731
-        self._wrap(connector_module._LoggerConnector, "log_metrics", self._on_log_metrics)
+        self._wrap(connector, "log_metrics", self._on_log_metrics)
         self._wrap(
             trainer_module,
             "_log_hyperparams",
@@ -71,7 +70,7 @@ class LightningInstrumentor(Instrumentor):
                 guarded("lightning hyperparameters", self.safety, active, before=self._capture_hyperparams)
             ),
         )
-        observer = self._observe_training(namespace)
+        observer = self._observe_training(namespace, connector)
         for entry_point in _ENTRY_POINTS:
             self._wrap(
                 trainer_module.Trainer,
@@ -86,7 +85,7 @@ class LightningInstrumentor(Instrumentor):
                 ),
             )
 
-    def _observe_training(self, namespace: str) -> TrainingObserver:
+    def _observe_training(self, namespace: str, connector: type) -> TrainingObserver:
         """Read what the fit does (``TrainingObserver``) right after Lightning's own steps.
 
         Not at ``_call_callback_hooks``: it runs 6 times per training step for the 2 we
@@ -107,7 +106,6 @@ class LightningInstrumentor(Instrumentor):
             checkpoint_max_mb=settings.checkpoint_max_mb,
             extract_batch_size=data_module.extract_batch_size,
         )
-        connector = sys.modules[f"{namespace}.{_CONNECTOR}"]._LoggerConnector
         fit_loop = importlib.import_module(f"{namespace}.loops.fit_loop")._FitLoop
         evaluation_loop = importlib.import_module(f"{namespace}.loops.evaluation_loop")._EvaluationLoop
         training = lambda trainer: trainer.training  # noqa: E731  (evaluation batches pass here too)
@@ -127,57 +125,37 @@ class LightningInstrumentor(Instrumentor):
         self, handler: Callable[[Any, tuple], None], when: Callable[[Any], bool] | None
     ) -> Callable[..., Any]:
         """A wrapper that runs ``handler(trainer, args)`` after the original, on global rank 0
-        and where ``when(trainer)``; under the safety contract, in one function (per batch)."""
+        and where ``when(trainer)``, under the safety contract."""
         safety = self.safety
+
+        def observe_now(instance: Any, args: tuple) -> None:
+            trainer = instance.trainer
+            if trainer.is_global_zero and (when is None or when(trainer)):
+                handler(trainer, args)
 
         def observe(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
             result = wrapped(*args, **kwargs)
             if self._active:
-                started = perf_counter()
-                try:
-                    trainer = instance.trainer
-                    if trainer.is_global_zero and (when is None or when(trainer)):
-                        handler(trainer, args)
-                except Exception as err:
-                    safety.failed("lightning training", err)
-                safety.calls += 1
-                safety.seconds += perf_counter() - started
+                safety.run("lightning training", observe_now, instance, args)
             return result
 
         return observe
 
     # -- metrics ----------------------------------------------------------------------------
     def _on_log_metrics(self, wrapped: Callable[..., Any], connector: Any, args: tuple, kwargs: dict) -> Any:
-        """The wrapper of ``_LoggerConnector.log_metrics``, under the safety contract.
-
-        It runs at every logging step, so it is one function rather than layered wrappers
-        (each layer cost ~0.4 us): capture before the call, emit after it, TensorBoard calls
-        made inside marked as captured here.
-        """
+        """The wrapper of ``_LoggerConnector.log_metrics``: capture before the call, emit after
+        it, TensorBoard calls made inside marked as captured here. One wrapper, not
+        ``captured_elsewhere(guarded(...))``: it runs at every logging step."""
         if not self._active:
             return wrapped(*args, **kwargs)
-        safety = self.safety
-        started = perf_counter()
-        try:
-            context = self._before_log_metrics(connector, args, kwargs)
-        except Exception as err:
-            context = None
-            safety.failed(_LOG_METRICS, err)
-        spent = perf_counter() - started
+        context = self.safety.run(_LOG_METRICS, self._before_log_metrics, connector, args, kwargs)
         capturing_elsewhere.depth += 1
         try:
             result = wrapped(*args, **kwargs)
         finally:
             capturing_elsewhere.depth -= 1
         if context is not None:
-            started = perf_counter()
-            try:
-                self._after_log_metrics(context)
-            except Exception as err:
-                safety.failed(_LOG_METRICS, err)
-            spent += perf_counter() - started
-        safety.calls += 1
-        safety.seconds += spent
+            self.safety.run(_LOG_METRICS, self._after_log_metrics, context)
         return result
 
     def _before_log_metrics(self, connector: Any, args: tuple, kwargs: dict) -> Any:
