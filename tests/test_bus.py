@@ -12,6 +12,7 @@ import pytest
 from fake_backends import recorded
 
 import tracelet
+from tracelet.bus import HostMetrics
 
 WRITERS = ["process", "thread"]
 
@@ -199,3 +200,20 @@ def test_points_of_a_group_lost_to_a_dead_writer_are_counted_one_by_one():
         exp._emit_metrics({"a": 1.0, "b": 2.0, "c": 3.0}, step, 1000.0)  # never raises
     report = tracelet.stop_logging(timeout=1.0)
     assert report.backends["Recording"].reasons.get("writer process exited", 0) == 300
+
+
+def test_values_the_sender_cannot_read_are_counted_and_the_rest_arrives(caplog):
+    """Values handed over unread (``HostMetrics``) are read on the sender thread; a failure
+    there loses those points, counted, and never stops the sender."""
+    exp = _start("Recording", writer="thread")
+
+    def broken(*_args):
+        raise ZeroDivisionError("reader bug")
+
+    exp._bus.emit(HostMetrics(("a", "b"), (1.0, 2.0), 0, time.time(), broken))
+    exp._emit_host(("c",), (3,), 1, time.time())
+    report = tracelet.stop_logging()
+
+    assert [line[1:3] for line in recorded("Recording") if line[0] == "metric"] == [["c", 3.0]]
+    assert report.backends["Recording"].reasons == {"metric values unreadable": 2}
+    assert sum("could not read metric values" in r.message for r in caplog.records) == 1

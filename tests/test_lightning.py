@@ -237,7 +237,7 @@ def test_device_values_are_read_off_the_training_thread_and_arrive_intact(monkey
 
         return wait_and_read
 
-    monkeypatch.setattr(instrumentation, "_READ_CPU_TENSORS_AT_ONCE", False)
+    monkeypatch.setattr(instrumentation, "_CPU_TENSORS_AS_DEVICE", True)
     monkeypatch.setattr(instrumentation, "_to_host_later", gated_copy)
     exp = tracelet.start_logging(project="tiny")
     run_tiny_job("lightning.pytorch", logger=False)  # would hang here if training waited on values
@@ -246,4 +246,31 @@ def test_device_values_are_read_off_the_training_thread_and_arrive_intact(monkey
     run_id = _run_id(exp)
     tracelet.stop_logging()
     assert reads and set(reads) == {"tracelet-sender"}
+    assert_same_series(mlflow_series(run_id), expected)
+
+
+def test_cpu_values_are_read_on_the_sender_thread_and_arrive_intact(monkeypatch, tmp_path):
+    """The training thread hands Lightning's CPU tensors over as they are: every ``.item()``
+    of a ``self.log`` value happens on the bus's sender thread."""
+    import threading
+
+    from tracelet.experiment import Experiment
+
+    expected = _oracle("lightning.pytorch", tmp_path)
+    readers: dict[str, set[str]] = {}
+    read_metrics = Experiment._read_metrics
+
+    def recording(self, names, values, step, timestamp):
+        if any(hasattr(value, "item") for value in values):
+            for name in names:
+                readers.setdefault(name, set()).add(threading.current_thread().name)
+        return read_metrics(self, names, values, step, timestamp)
+
+    monkeypatch.setattr(Experiment, "_read_metrics", recording)
+    exp = tracelet.start_logging(project="tiny")
+    run_tiny_job("lightning.pytorch", logger=False)
+    run_id = _run_id(exp)
+    tracelet.stop_logging()
+    assert {"train/loss_step", "train/loss_epoch", "val_loss", "test_loss"} <= set(readers)
+    assert set().union(*readers.values()) == {"tracelet-sender"}
     assert_same_series(mlflow_series(run_id), expected)

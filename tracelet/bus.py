@@ -48,6 +48,24 @@ class DeferredMetrics(NamedTuple):
     timestamp: float
 
 
+class HostMetrics(NamedTuple):
+    """Metrics as the training thread found them: numbers and CPU tensors, not yet read (never
+    leaves this process).
+
+    ``read(names, values)`` turns them into ``Metrics`` (or None when none is usable) on the
+    sender thread, in a burst of a chunk's worth, so the training thread pays for neither the
+    reads (``Tensor.item``) nor the checks. The values must not change after they are emitted:
+    Lightning hands its loggers fresh tensors (``clone`` of every step value, epoch values
+    computed anew).
+    """
+
+    names: tuple[str, ...]
+    values: tuple[Any, ...]
+    step: int | None
+    timestamp: float
+    read: Callable[[tuple[str, ...], tuple[Any, ...], int | None, float], Metrics | None]
+
+
 @dataclasses.dataclass
 class Outcome:
     """The answer to a flush or shutdown: whether every backend made it, and their counters."""
@@ -178,12 +196,31 @@ class EventBus:
         buffer = self._buffer
         for _ in range(min(CHUNK, len(buffer))):
             item = buffer.popleft()
-            if type(item) is DeferredMetrics:
+            kind = type(item)
+            if kind is HostMetrics:
+                item = self._read_host(item)
+                if item is None:
+                    continue
+            elif kind is DeferredMetrics:
                 item = self._resolve(item)
                 if item is None:
                     continue
             chunk.append(item)
         return chunk
+
+    def _read_host(self, host: HostMetrics) -> Metrics | None:
+        try:
+            return host.read(host.names, host.values, host.step, host.timestamp)
+        except Exception as err:  # tracelet's own bug: these points are lost, counted; sending goes on
+            self._count_drop(len(host.names), "metric values unreadable")
+            _log.warn_once(
+                f"host-read:{type(err).__name__}",
+                "tracelet could not read metric values (%s: %s); these points are dropped and counted",
+                type(err).__name__,
+                err,
+                log=log,
+            )
+            return None
 
     def _resolve(self, deferred: DeferredMetrics) -> Metrics | None:
         try:
@@ -260,7 +297,7 @@ class EventBus:
 
 def _points(item: Any) -> int:
     """How many events an item of the buffer stands for: a group counts its points."""
-    return len(item.names) if type(item) in (Metrics, DeferredMetrics) else 1
+    return len(item.names) if type(item) in (Metrics, HostMetrics, DeferredMetrics) else 1
 
 
 _live_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()

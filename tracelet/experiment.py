@@ -11,7 +11,7 @@ from typing import Any
 
 from tracelet import _log
 from tracelet.backends.base import RunInfo, RunLocation
-from tracelet.bus import DeferredMetrics, EventBus, Outcome
+from tracelet.bus import DeferredMetrics, EventBus, HostMetrics, Outcome
 from tracelet.config import Settings
 from tracelet.events import FAILED, FINISHED, KILLED, Artifact, Metric, Metrics, Params, Tags
 from tracelet.secrets import redact_params
@@ -167,22 +167,34 @@ class Experiment:
     # -- used by instrumentation and the lifecycle -----------------------------------------
     def _emit_metrics(self, values: Mapping[str, Any], step: int | None, timestamp: float) -> None:
         """The points of one logging call, as one event (``Metrics``)."""
-        bus = self._bus
-        if bus is None:
-            return
-        names: list[str] = []
+        if self._bus is not None:
+            metrics = self._read_metrics(tuple(values), tuple(values.values()), step, timestamp)
+            if metrics is not None:
+                self._bus.emit(metrics)
+
+    def _emit_host(
+        self, names: tuple[str, ...], values: tuple[Any, ...], step: int | None, timestamp: float
+    ) -> None:
+        """Points whose values (numbers, CPU tensors) are read later, on the sender thread."""
+        if self._bus is not None:
+            self._bus.emit(HostMetrics(names, values, step, timestamp, self._read_metrics))
+
+    def _read_metrics(
+        self, names: tuple[str, ...], values: tuple[Any, ...], step: int | None, timestamp: float
+    ) -> Metrics | None:
+        """The usable points as floats; each unusable one is counted and warned about once."""
+        kept: list[str] = []
         numbers: list[float] = []
-        for name, value in values.items():
+        for name, value in zip(names, values, strict=True):
             if type(value) is not float:
                 try:
                     value = to_float(value)
                 except Exception as err:
                     self._reject(name, err)
                     continue
-            names.append(name)
+            kept.append(name)
             numbers.append(value)
-        if names:
-            bus.emit(Metrics(tuple(names), tuple(numbers), step, timestamp))
+        return Metrics(tuple(kept), tuple(numbers), step, timestamp) if kept else None
 
     def _emit_deferred(
         self, names: tuple[str, ...], values: Callable[[], list[float]], step: int | None, timestamp: float

@@ -8,6 +8,7 @@ is caught, warned once and never reaches the user — unless strict mode is on
 
 from __future__ import annotations
 
+import functools
 import sys
 import threading
 import time
@@ -170,3 +171,18 @@ class Instrumentor:
         original = vars(owner)[attribute]
         wrapt.wrap_function_wrapper(owner, attribute, wrapper)
         self._patches.append((owner, attribute, original, vars(owner)[attribute]))
+
+    def _wrap_hot(
+        self, owner: Any, attribute: str, patch: Callable[[Callable[..., Any]], Callable[..., Any]]
+    ) -> None:
+        """``_wrap`` for a plain method that runs at every training step: ``patch(original)``
+        returns a plain function that calls ``original(self, *args, **kwargs)`` itself.
+
+        A wrapt wrapper on a class attribute builds a bound wrapper object at every call
+        (``__get__`` + ``__init__``): ~0.45 us and ~5,000 instructions more than a function
+        per call, three times a training step. Undone the same way as ``_wrap``.
+        """
+        original = vars(owner)[attribute]
+        patched = functools.wraps(original)(patch(original))
+        setattr(owner, attribute, patched)
+        self._patches.append((owner, attribute, original, patched))

@@ -6,9 +6,10 @@ Patched, in both ``lightning.pytorch`` and ``pytorch_lightning``:
   (every ``log_every_n_steps`` in training, at epoch ends, after evaluation). Lightning
   returns early there when the trainer has no loggers, so tracelet captures *around* it and
   applies Lightning's own step rule: the ``step`` metric if logged, else ``epoch`` is added
-  and the step is ``fit_loop.epoch_loop._batches_that_stepped``. When the trainer has
-  loggers, the values Lightning already converted to Python numbers are reused: no extra
-  device synchronization.
+  and the step is ``fit_loop.epoch_loop._batches_that_stepped``. The training thread takes
+  the values as they are: numbers and CPU tensors are read by the bus's sender thread,
+  one-element device tensors are stacked and copied to the host asynchronously — no device
+  synchronization, no ``.item()`` on the training thread.
 - ``_log_hyperparams`` (as imported into the trainer module) — ``save_hyperparameters()`` of
   the module and datamodule become params, also with ``logger=False``.
 - ``Trainer.fit/validate/test/predict`` — an exception escaping them marks the run FAILED,
@@ -47,7 +48,8 @@ NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 _CONNECTOR = "trainer.connectors.logger_connector.logger_connector"
 _ENTRY_POINTS = ("fit", "validate", "test", "predict")
 _LOG_METRICS = "lightning log_metrics"
-_READ_CPU_TENSORS_AT_ONCE = True  # device tensors are copied to the host asynchronously
+_TRAINING = "lightning training"
+_CPU_TENSORS_AS_DEVICE = False  # tests set it to run the device path on CPU tensors
 
 
 class LightningInstrumentor(Instrumentor):
@@ -62,7 +64,7 @@ class LightningInstrumentor(Instrumentor):
         namespace = trainer_module.__name__[: -len(".trainer.trainer")]
         connector = sys.modules[f"{namespace}.{_CONNECTOR}"]._LoggerConnector
         active = lambda: self.active  # noqa: E731
-        self._wrap(connector, "log_metrics", self._on_log_metrics)
+        self._wrap_hot(connector, "log_metrics", self._on_log_metrics)
         self._wrap(
             trainer_module,
             "_log_hyperparams",
@@ -105,14 +107,14 @@ class LightningInstrumentor(Instrumentor):
             log_checkpoints=settings.log_checkpoints,
             checkpoint_max_mb=settings.checkpoint_max_mb,
             extract_batch_size=data_module.extract_batch_size,
+            training_stage=importlib.import_module(f"{namespace}.trainer.states").RunningStage.TRAINING,
         )
         fit_loop = importlib.import_module(f"{namespace}.loops.fit_loop")._FitLoop
         evaluation_loop = importlib.import_module(f"{namespace}.loops.evaluation_loop")._EvaluationLoop
-        training = lambda trainer: trainer.training  # noqa: E731  (evaluation batches pass here too)
         not_testing = lambda trainer: not trainer.testing  # noqa: E731
+        self._wrap_hot(connector, "on_batch_start", self._observing_batches(observer.batch_start))
+        self._wrap_hot(connector, "on_batch_end", self._observing_batches(observer.batch_end))
         for owner, method, handler, when in (
-            (connector, "on_batch_start", observer.batch_start, training),
-            (connector, "on_batch_end", observer.batch_end, training),
             (fit_loop, "on_run_start", observer.fit_start, None),
             (fit_loop, "on_advance_start", observer.epoch_start, None),
             (fit_loop, "on_advance_end", observer.epoch_end, None),
@@ -120,6 +122,25 @@ class LightningInstrumentor(Instrumentor):
         ):
             self._wrap(owner, method, self._observing(handler, when))
         return observer
+
+    def _observing_batches(
+        self, handler: Callable[[Any, tuple], None]
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """``_observing`` for the logger connector's batch hooks, which run at every batch (a
+        ``_wrap_hot`` patch): whether the batch is a training batch (evaluation batches pass
+        here too) on global rank 0 is the handler's own first check."""
+        safety = self.safety
+
+        def patch(original: Callable[..., Any]) -> Callable[..., Any]:
+            def observe_batch(connector: Any, *args: Any, **kwargs: Any) -> Any:
+                result = original(connector, *args, **kwargs)
+                if self._active:
+                    safety.run(_TRAINING, handler, connector.trainer, args)
+                return result
+
+            return observe_batch
+
+        return patch
 
     def _observing(
         self, handler: Callable[[Any, tuple], None], when: Callable[[Any], bool] | None
@@ -136,61 +157,58 @@ class LightningInstrumentor(Instrumentor):
         def observe(wrapped: Callable[..., Any], instance: Any, args: tuple, kwargs: dict) -> Any:
             result = wrapped(*args, **kwargs)
             if self._active:
-                safety.run("lightning training", observe_now, instance, args)
+                safety.run(_TRAINING, observe_now, instance, args)
             return result
 
         return observe
 
     # -- metrics ----------------------------------------------------------------------------
-    def _on_log_metrics(self, wrapped: Callable[..., Any], connector: Any, args: tuple, kwargs: dict) -> Any:
-        """The wrapper of ``_LoggerConnector.log_metrics``: capture before the call, emit after
-        it, TensorBoard calls made inside marked as captured here. One wrapper, not
-        ``captured_elsewhere(guarded(...))``: it runs at every logging step."""
-        if not self._active:
-            return wrapped(*args, **kwargs)
-        context = self.safety.run(_LOG_METRICS, self._before_log_metrics, connector, args, kwargs)
-        capturing_elsewhere.depth += 1
-        try:
-            result = wrapped(*args, **kwargs)
-        finally:
-            capturing_elsewhere.depth -= 1
-        if context is not None:
-            self.safety.run(_LOG_METRICS, self._after_log_metrics, context)
-        return result
+    def _on_log_metrics(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """The patch of ``_LoggerConnector.log_metrics`` (``_wrap_hot``: it runs at every logging
+        step): Lightning's call, with TensorBoard calls made inside it marked as captured here,
+        then the capture. The training thread only takes the values as they are
+        (``_capture_metrics``); the sender thread reads them."""
+        safety = self.safety
+        capture = self._capture_metrics
 
-    def _before_log_metrics(self, connector: Any, args: tuple, kwargs: dict) -> Any:
+        def log_metrics(connector: Any, *args: Any, **kwargs: Any) -> Any:
+            if not self._active:
+                return original(connector, *args, **kwargs)
+            capturing_elsewhere.depth += 1
+            try:
+                result = original(connector, *args, **kwargs)
+            finally:
+                capturing_elsewhere.depth -= 1
+            safety.run(_LOG_METRICS, capture, connector, args, kwargs)
+            return result
+
+        return log_metrics
+
+    def _capture_metrics(self, connector: Any, args: tuple, kwargs: dict) -> None:
+        """What ``log_metrics(metrics, step)`` hands loggers, at the step Lightning's rule gives."""
         metrics = args[0] if args else kwargs.get("metrics")
         step = args[1] if len(args) > 1 else kwargs.get("step")
         trainer = connector.trainer
         if not metrics or not trainer.is_global_zero:
-            return None
-        step_from_metrics = False
+            return
         epoch = None
         if step is None:
             raw_step = metrics.get("step")
             if raw_step is not None:
                 step = int(_scalars({"step": raw_step})["step"])
-                step_from_metrics = True
+                metrics = {k: v for k, v in metrics.items() if k != "step"}
             else:
                 epoch = trainer.current_epoch
                 step = trainer.fit_loop.epoch_loop._batches_that_stepped
-        return connector, metrics, int(step), step_from_metrics, epoch, bool(trainer.loggers)
-
-    def _after_log_metrics(self, context: Any) -> None:
-        connector, metrics, step, step_from_metrics, epoch, had_loggers = context
-        if had_loggers:
-            # Lightning converted them already (one .item() each): reuse, never sync again
-            converted = connector._logged_metrics
-            metrics = {k: converted.get(k, v) for k, v in metrics.items()}
-        if step_from_metrics:
-            metrics = {k: v for k, v in metrics.items() if k != "step"}
-        values, on_device = _split_by_device(metrics)
+        names, values, on_device = _split_by_device(metrics)
         if epoch is not None and "epoch" not in metrics:
-            values["epoch"] = epoch
+            names.append("epoch")
+            values.append(epoch)
         now = time.time()
-        self._experiment._emit_metrics(values, step, now)
-        for names, stacked in on_device:
-            self._experiment._emit_deferred(names, _to_host_later(stacked), step, now)
+        step = int(step)
+        self._experiment._emit_host(tuple(names), tuple(values), step, now)
+        for device_names, stacked in on_device:
+            self._experiment._emit_deferred(device_names, _to_host_later(stacked), step, now)
 
     # -- hyperparameters -------------------------------------------------------------------
     def _capture_hyperparams(self, _instance: Any, args: tuple, kwargs: dict) -> None:
@@ -236,40 +254,41 @@ def _initial_hparams(trainer: Any) -> dict[str, Any]:
 
 def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
     """Python numbers for every one-element tensor, now (for the rare explicit ``step`` tensor)."""
-    values, on_device = _split_by_device(metrics)
-    for names, stacked in on_device:
-        values.update(zip(names, stacked.tolist(), strict=True))
-    return values
+    names, values, on_device = _split_by_device(metrics)
+    pairs = zip(names, values, strict=True)
+    scalars = {name: value.item() if hasattr(value, "item") else value for name, value in pairs}
+    for device_names, stacked in on_device:
+        scalars.update(zip(device_names, stacked.tolist(), strict=True))
+    return scalars
 
 
-def _split_by_device(metrics: Mapping[str, Any]) -> tuple[dict[str, Any], list[tuple[tuple[str, ...], Any]]]:
-    """Numbers and CPU tensors as Python values now; one-element device tensors stacked, one
-    stack per device and dtype, for a single transfer each."""
-    values: dict[str, Any] = {}
+def _split_by_device(
+    metrics: Mapping[str, Any],
+) -> tuple[list[str], list[Any], list[tuple[tuple[str, ...], Any]]]:
+    """Names and values to read later on the host (numbers and CPU tensors, as they are), and
+    one-element device tensors stacked, one stack per device and dtype, for a single transfer
+    each."""
+    names: list[str] = []
+    values: list[Any] = []
     groups: dict[tuple[Any, Any], list[tuple[str, Any]]] = {}
-    read_cpu_now = _READ_CPU_TENSORS_AT_ONCE
+    cpu_as_device = _CPU_TENSORS_AS_DEVICE
     for key, value in metrics.items():
         on_host = getattr(value, "is_cpu", None)  # a torch tensor (cheaper than building .device)
-        if on_host is None or not hasattr(value, "detach"):
-            values[key] = value
-        elif on_host and read_cpu_now:  # the common case on CPU: one element, read now
-            try:
-                values[key] = value.item()
-            except RuntimeError:  # not one element: kept, and refused (counted) when emitted
-                values[key] = value
-        elif value.numel() != 1:
-            values[key] = value
+        host = on_host is None or (on_host and not cpu_as_device) or not hasattr(value, "detach")
+        if host or value.numel() != 1:  # not one element: kept, and refused (counted) when read
+            names.append(key)
+            values.append(value)
         else:
             groups.setdefault((value.device, value.dtype), []).append((key, value))
     if not groups:
-        return values, []
+        return names, values, []
     import torch
 
     stacked = [
         (tuple(k for k, _ in group), torch.stack([v.detach().reshape(()) for _, v in group]))
         for group in groups.values()
     ]
-    return values, stacked
+    return names, values, stacked
 
 
 def _to_host_later(stacked: Any) -> Callable[[], list[float]]:

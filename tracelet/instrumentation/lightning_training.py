@@ -45,8 +45,10 @@ class TrainingObserver:
         log_checkpoints: bool,
         checkpoint_max_mb: float,
         extract_batch_size: Callable[[Any], int],
+        training_stage: Any,
     ) -> None:
         self._experiment = experiment
+        self._training_stage = training_stage
         self._extract_batch_size = extract_batch_size
         self._optimizer = optimizer
         self._perf = perf
@@ -96,6 +98,10 @@ class TrainingObserver:
 
     # -- efficiency ------------------------------------------------------------------------
     def batch_start(self, trainer: Any, args: tuple) -> None:
+        """After the logger connector's ``on_batch_start`` of any batch; a training batch's on
+        global rank 0 is observed."""
+        if trainer.state.stage is not self._training_stage or not trainer.is_global_zero:
+            return
         if self._optimizer:
             self._emit_optimizer_state(trainer, always=False)
         if self._perf:
@@ -104,7 +110,8 @@ class TrainingObserver:
             window.batch_size = self._batch_size(args[0] if args else None, window.batch_size)
 
     def batch_end(self, trainer: Any, _args: tuple) -> None:
-        if not self._perf:
+        """After the logger connector's ``on_batch_end`` of any batch (as ``batch_start``)."""
+        if not self._perf or trainer.state.stage is not self._training_stage or not trainer.is_global_zero:
             return
         window = self._window
         now = time.perf_counter()
