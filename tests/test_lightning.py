@@ -250,27 +250,35 @@ def test_device_values_are_read_off_the_training_thread_and_arrive_intact(monkey
 
 
 def test_cpu_values_are_read_on_the_sender_thread_and_arrive_intact(monkeypatch, tmp_path):
-    """The training thread hands Lightning's CPU tensors over as they are: every ``.item()``
-    of a ``self.log`` value happens on the bus's sender thread."""
+    """The training thread hands Lightning's CPU tensors over as they are: they are read (and
+    checked) on the bus's sender thread, a chunk of them at once."""
     import threading
 
+    from tracelet import bus
     from tracelet.experiment import Experiment
 
+    logged = {"train/loss_step", "train/loss_epoch", "val_loss", "test_loss"}
     expected = _oracle("lightning.pytorch", tmp_path)
     readers: dict[str, set[str]] = {}
-    read_metrics = Experiment._read_metrics
+    tensor_readers: set[str] = set()
+    read_metrics, read_at_once = Experiment._read_metrics, bus.read_scalars_at_once
 
     def recording(self, names, values, step, timestamp):
-        if any(hasattr(value, "item") for value in values):
-            for name in names:
-                readers.setdefault(name, set()).add(threading.current_thread().name)
+        for name in logged.intersection(names):
+            readers.setdefault(name, set()).add(threading.current_thread().name)
         return read_metrics(self, names, values, step, timestamp)
 
+    def recording_at_once(rows):
+        if any(hasattr(value, "item") for row in rows for value in row):
+            tensor_readers.add(threading.current_thread().name)
+        return read_at_once(rows)
+
     monkeypatch.setattr(Experiment, "_read_metrics", recording)
+    monkeypatch.setattr(bus, "read_scalars_at_once", recording_at_once)
     exp = tracelet.start_logging(project="tiny")
     run_tiny_job("lightning.pytorch", logger=False)
     run_id = _run_id(exp)
     tracelet.stop_logging()
-    assert {"train/loss_step", "train/loss_epoch", "val_loss", "test_loss"} <= set(readers)
-    assert set().union(*readers.values()) == {"tracelet-sender"}
+    assert set(readers) == logged
+    assert set().union(*readers.values()) == tensor_readers == {"tracelet-sender"}
     assert_same_series(mlflow_series(run_id), expected)

@@ -26,6 +26,7 @@ from tracelet.backends.base import BackendSpec, RunInfo
 from tracelet.dispatcher import Control, Init, Reply
 from tracelet.events import Event, Metrics, RunEnd
 from tracelet.transport import ProcessTransport, ThreadTransport
+from tracelet.values import read_scalars_at_once
 from tracelet.worker import BackendStats
 
 log = _log.get_logger(__name__)
@@ -52,9 +53,10 @@ class HostMetrics(NamedTuple):
     """Metrics as the training thread found them: numbers and CPU tensors, not yet read (never
     leaves this process).
 
-    ``read(names, values)`` turns them into ``Metrics`` (or None when none is usable) on the
-    sender thread, in a burst of a chunk's worth, so the training thread pays for neither the
-    reads (``Tensor.item``) nor the checks. The values must not change after they are emitted:
+    On the sender thread, the tensors of a whole chunk are read at once
+    (``values.read_scalars_at_once``), then ``read(names, values, step, timestamp)`` turns each
+    into ``Metrics`` (or None when none is usable), so the training thread pays for neither
+    the reads nor the checks. The values must not change after they are emitted:
     Lightning hands its loggers fresh tensors (``clone`` of every step value, epoch values
     computed anew).
     """
@@ -193,24 +195,28 @@ class EventBus:
 
     def _next_chunk(self) -> list[Any]:
         chunk: list[Any] = []
+        hosts: list[int] = []  # where the HostMetrics are in the chunk
         buffer = self._buffer
         for _ in range(min(CHUNK, len(buffer))):
             item = buffer.popleft()
             kind = type(item)
             if kind is HostMetrics:
-                item = self._read_host(item)
-                if item is None:
-                    continue
+                hosts.append(len(chunk))
             elif kind is DeferredMetrics:
                 item = self._resolve(item)
                 if item is None:
                     continue
             chunk.append(item)
+        if hosts:
+            rows = read_scalars_at_once([chunk[i].values for i in hosts])
+            for i, values in zip(hosts, rows, strict=True):
+                chunk[i] = self._read_host(chunk[i], values)
+            chunk = [item for item in chunk if item is not None]
         return chunk
 
-    def _read_host(self, host: HostMetrics) -> Metrics | None:
+    def _read_host(self, host: HostMetrics, values: tuple[Any, ...]) -> Metrics | None:
         try:
-            return host.read(host.names, host.values, host.step, host.timestamp)
+            return host.read(host.names, values, host.step, host.timestamp)
         except Exception as err:  # tracelet's own bug: these points are lost, counted; sending goes on
             self._count_drop(len(host.names), "metric values unreadable")
             _log.warn_once(
