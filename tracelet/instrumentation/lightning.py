@@ -275,7 +275,9 @@ def _split_by_device(
     for key, value in metrics.items():
         on_host = getattr(value, "is_cpu", None)  # a torch tensor (cheaper than building .device)
         host = on_host is None or (on_host and not cpu_as_device) or not hasattr(value, "detach")
-        if host or value.numel() != 1:  # not one element: kept, and refused (counted) when read
+        # numbers and CPU tensors are read later as they are; a device tensor of more than one
+        # element too, to be refused (counted) there
+        if host or value.numel() != 1:
             names.append(key)
             values.append(value)
         else:
