@@ -184,8 +184,15 @@ class EventBus:
         while True:
             self._wake.wait(SEND_INTERVAL_S)
             self._wake.clear()
-            while buffer and not self._dead:
-                chunk = self._next_chunk()
+            # what is there now, not what arrives meanwhile: chasing it sent frames of one or two
+            # events, each a pipe write, a GIL handoff and a transaction in every backend
+            waiting = len(buffer)
+            while waiting and not self._dead:
+                taken = min(CHUNK, waiting)
+                waiting -= taken
+                chunk = self._next_chunk(taken)
+                if not chunk:
+                    continue
                 try:
                     self._transport.send(chunk)
                 except Exception as err:  # the writer died or its pipe broke
@@ -193,12 +200,16 @@ class EventBus:
             if self._stopping and not buffer:
                 return
 
-    def _next_chunk(self) -> list[Any]:
+    def _next_chunk(self, count: int) -> list[Any]:
+        """The next ``count`` items of the buffer, values read (fewer if the writer's death emptied it)."""
         chunk: list[Any] = []
         hosts: list[int] = []  # where the HostMetrics are in the chunk
         buffer = self._buffer
-        for _ in range(min(CHUNK, len(buffer))):
-            item = buffer.popleft()
+        for _ in range(count):
+            try:
+                item = buffer.popleft()
+            except IndexError:  # the writer died meanwhile: what was left is counted there
+                break
             kind = type(item)
             if kind is HostMetrics:
                 hosts.append(len(chunk))
@@ -244,9 +255,7 @@ class EventBus:
 
     def _writer_lost(self, chunk: list[Any], err: BaseException) -> None:
         self._dead = True
-        self._count_drop(
-            sum(_points(item) for item in chunk if type(item) is not Control), "writer process exited"
-        )
+        self._count_drop(sum(_points(item) for item in chunk), "writer process exited")
         self._drop_buffered()
         log.warning(
             "tracelet's writer stopped accepting events (%s); the rest of this run is counted as dropped", err
@@ -273,8 +282,7 @@ class EventBus:
                 item = buffer.popleft()
             except IndexError:
                 break
-            if type(item) is not Control:
-                lost += _points(item)
+            lost += _points(item)
         if lost:
             self._count_drop(lost, "writer process exited")
 
@@ -302,8 +310,12 @@ class EventBus:
 
 
 def _points(item: Any) -> int:
-    """How many events an item of the buffer stands for: a group counts its points."""
-    return len(item.names) if type(item) in (Metrics, HostMetrics, DeferredMetrics) else 1
+    """How many of the user's events an item of the buffer stands for, for the drop counts: a
+    group counts its points; requests (flush, shutdown) and the run's end are the bus's own."""
+    kind = type(item)
+    if kind in (Metrics, HostMetrics, DeferredMetrics):
+        return len(item.names)
+    return 0 if kind in (Control, RunEnd) else 1
 
 
 _live_buses: weakref.WeakSet[EventBus] = weakref.WeakSet()
