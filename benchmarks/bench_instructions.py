@@ -6,12 +6,18 @@ program, inputs and environment give the same count. This runs one process under
 with counting off, and turns it on only around ``trainer.fit``: an untracked fit and a
 tracked one (everything on, the writer warm) of N and of 2N steps, so that what a step costs
 is told apart from what a fit costs once (``on_fit_start`` params, ``start``/``end`` hooks).
+``--cache`` adds callgrind's cache and branch-predictor simulation (about twice as slow): L1
+and last-level cache misses and mispredicted branches, and KCachegrind's cycle estimate
+(instructions + 10 x L1 misses + 100 x last-level misses + 10 x mispredicts), which says
+whether tracking makes the training thread's instructions slower (evicting its data and
+code, confusing its branch predictor) on top of adding some.
 Counted per thread: the training thread, and tracelet's own threads in the training process
 (sender, collectors). The writer process runs outside valgrind, natively: its CPU per point
 is ``bench_writer.py``'s. Instructions are not time (cache misses and a busy hyperthread
 sibling cost time, not instructions): this is the lower bound of the cost, measured exactly.
 
     python benchmarks/bench_instructions.py              # 150 and 300 steps, ~2 minutes
+    python benchmarks/bench_instructions.py --cache      # misses and a cycle estimate too, ~5 minutes
     python benchmarks/bench_instructions.py --steps 20   # a smoke run
 """
 
@@ -64,28 +70,39 @@ def _inner(steps: int, config: dict) -> None:
         tracelet.stop_logging()
 
 
-def _read_dumps(directory: str) -> dict[tuple[str, int], dict[int, int]]:
-    """(phase, steps) -> {thread number: instructions}; thread 1 is the training thread."""
-    counts: dict[tuple[str, int], dict[int, int]] = {}
+CACHE_EVENTS = {  # the simulated events, summed, and their weight in the cycle estimate
+    "L1 misses": (("I1mr", "D1mr", "D1mw"), 10),
+    "last-level misses": (("ILmr", "DLmr", "DLmw"), 100),
+    "mispredicted branches": (("Bcm", "Bim"), 10),
+}
+
+
+def _read_dumps(directory: str) -> dict[tuple[str, int], dict[int, dict[str, int]]]:
+    """(phase, steps) -> {thread number: {event (Ir, D1mr, ...): count}}; thread 1 is the
+    training thread."""
+    counts: dict[tuple[str, int], dict[int, dict[str, int]]] = {}
     for path in glob.glob(os.path.join(directory, "cg.*")):
         thread = re.search(r"-(\d+)$", path)
         with open(path, encoding="utf-8", errors="replace") as handle:
             text = handle.read()  # "totals:" closes the file
         trigger = re.search(r"^desc: Trigger: dump (\w+)-(\d+)$", text, re.MULTILINE)
-        totals = re.search(r"^totals: (\d+)$", text, re.MULTILINE)
-        if not (thread and trigger and totals):
+        events = re.search(r"^events: (.+)$", text, re.MULTILINE)
+        totals = re.search(r"^totals: ([\d ]+)$", text, re.MULTILINE)
+        if not (thread and trigger and events and totals):
             continue
         key = (trigger.group(1), int(trigger.group(2)))
-        counts.setdefault(key, {})[int(thread.group(1))] = int(totals.group(1))
+        values = dict(zip(events.group(1).split(), map(int, totals.group(1).split()), strict=False))
+        counts.setdefault(key, {})[int(thread.group(1))] = values
     return counts
 
 
-def _report(counts: dict[tuple[str, int], dict[int, int]], steps: int) -> None:
-    def training(phase: str, n: int) -> int:
-        return counts[(phase, n)].get(1, 0)
+def _report(counts: dict[tuple[str, int], dict[int, dict[str, int]]], steps: int) -> None:
+    def training(phase: str, n: int, events: tuple[str, ...] = ("Ir",)) -> int:
+        values = counts[(phase, n)].get(1, {})
+        return sum(values.get(event, 0) for event in events)
 
     def others(phase: str, n: int) -> int:
-        return sum(v for t, v in counts[(phase, n)].items() if t != 1)
+        return sum(v.get("Ir", 0) for t, v in counts[(phase, n)].items() if t != 1)
 
     per_step = {p: (training(p, 2 * steps) - training(p, steps)) / steps for p in PHASES}
     per_fit = {p: training(p, steps) - per_step[p] * steps for p in PHASES}
@@ -103,12 +120,28 @@ def _report(counts: dict[tuple[str, int], dict[int, int]], steps: int) -> None:
     print(
         f"once per fit: {per_fit['tracked'] - per_fit['untracked']:,.0f} instructions on the training thread"
     )
+    if "D1mr" not in counts[("tracked", steps)].get(1, {}):
+        return
+    print("training thread per step, simulated (untracked -> tracked):")
+    cycles = dict.fromkeys(PHASES, 0.0)
+    for label, (events, weight) in CACHE_EVENTS.items():
+        step = {p: (training(p, 2 * steps, events) - training(p, steps, events)) / steps for p in PHASES}
+        for phase in PHASES:
+            cycles[phase] += weight * step[phase]
+        print(f"  {label:<24} {step['untracked']:>12,.0f} -> {step['tracked']:>12,.0f}")
+    for phase in PHASES:
+        cycles[phase] += per_step[phase]
+    print(
+        f"  {'cycle estimate':<24} {cycles['untracked']:>12,.0f} -> {cycles['tracked']:>12,.0f}"
+        f"   (+{cycles['tracked'] / cycles['untracked'] - 1:.2%})"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--config", default="{}", help="tracelet config as JSON")
+    parser.add_argument("--cache", action="store_true", help="simulate caches and branch prediction too")
     parser.add_argument("--inner", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     config = json.loads(args.config)
@@ -124,6 +157,7 @@ def main() -> None:
             "--tool=callgrind",
             "--instr-atstart=no",
             "--separate-threads=yes",
+            *(["--cache-sim=yes", "--branch-sim=yes"] if args.cache else []),
             f"--callgrind-out-file={os.path.join(directory, 'cg.%p')}",
             sys.executable,
             os.path.abspath(__file__),

@@ -15,8 +15,8 @@ as wall time does; each repeat is a fresh run in a fresh store, the median is pr
 from __future__ import annotations
 
 import argparse
+import io
 import os
-import pickle
 import statistics
 import tempfile
 import threading
@@ -24,6 +24,7 @@ import time
 import uuid
 
 from tracelet.bus import CHUNK as FRAME  # groups per frame, as the bus ships them
+from tracelet.transport import read_events, write_events
 
 NAMES = ("train/loss", "train/abs", "train/scaled", "epoch")  # what the core benchmark's fit logs
 TARGETS = {
@@ -40,9 +41,12 @@ def _frames(steps: int) -> list[bytes]:
         Metrics(NAMES, (0.5 + step * 1e-4, 0.25, 0.125, 0.0), step, started + step * 1e-3)
         for step in range(steps)
     ]
-    return [
-        pickle.dumps(groups[i : i + FRAME], protocol=pickle.HIGHEST_PROTOCOL) for i in range(0, steps, FRAME)
-    ]
+    frames = []
+    for i in range(0, steps, FRAME):
+        frame = io.BytesIO()
+        write_events(frame, groups[i : i + FRAME])  # as the bus's sender writes them
+        frames.append(frame.getvalue())
+    return frames
 
 
 def _one_run(backends: list[str], frames: list[bytes]) -> float:
@@ -74,7 +78,7 @@ def _one_run(backends: list[str], frames: list[bytes]) -> float:
     wait_for("flush", 1, [])  # opened: MLflow's import and store creation are not counted
     cpu = time.process_time()
     for frame in frames:
-        dispatcher.handle(pickle.loads(frame))
+        dispatcher.handle(read_events(io.BytesIO(frame)))
     wait_for("flush", 2, [])
     cpu = time.process_time() - cpu
     wait_for("shutdown", 3, [RunEnd("FINISHED")])

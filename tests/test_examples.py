@@ -218,7 +218,13 @@ def test_other_benchmarks_run_in_smoke_mode(script, args, expect):
 @pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="valgrind (callgrind) is not installed")
 def test_instruction_benchmark_counts_a_tracked_and_an_untracked_step():
     out = subprocess.run(
-        [sys.executable, str(EXAMPLES.parent / "benchmarks" / "bench_instructions.py"), "--steps", "10"],
+        [
+            sys.executable,
+            str(EXAMPLES.parent / "benchmarks" / "bench_instructions.py"),
+            "--steps",
+            "10",
+            "--cache",
+        ],
         capture_output=True,
         text=True,
         timeout=600,
@@ -227,3 +233,4 @@ def test_instruction_benchmark_counts_a_tracked_and_an_untracked_step():
     # a smoke run: 10 steps are too few to resolve the ~1% a step costs (one collection of the
     # garbage collector moves a fit's count by more); the figure itself comes from the default 150
     assert re.search(r"tracelet adds -?[\d.]+% on the training thread", out.stdout), out.stdout
+    assert re.search(r"cycle estimate +[\d,]+ -> +[\d,]+ +\(\+-?[\d.]+%\)", out.stdout), out.stdout

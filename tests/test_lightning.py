@@ -261,20 +261,20 @@ def test_cpu_values_are_read_on_the_sender_thread_and_arrive_intact(monkeypatch,
     expected = _oracle("lightning.pytorch", tmp_path)
     readers: dict[str, set[str]] = {}
     tensor_readers: set[str] = set()
-    read_metrics, read_at_once = Experiment._read_metrics, bus.read_scalars_at_once
+    read_metrics, read_tensors = Experiment._read_metrics, bus.read_cpu_scalars
 
     def recording(self, names, values, step, timestamp):
         for name in logged.intersection(names):
             readers.setdefault(name, set()).add(threading.current_thread().name)
         return read_metrics(self, names, values, step, timestamp)
 
-    def recording_at_once(rows):
+    def recording_tensor_reads(rows):
         if any(hasattr(value, "item") for row in rows for value in row):
             tensor_readers.add(threading.current_thread().name)
-        return read_at_once(rows)
+        return read_tensors(rows)
 
     monkeypatch.setattr(Experiment, "_read_metrics", recording)
-    monkeypatch.setattr(bus, "read_scalars_at_once", recording_at_once)
+    monkeypatch.setattr(bus, "read_cpu_scalars", recording_tensor_reads)
     exp = tracelet.start_logging(project="tiny")
     run_tiny_job("lightning.pytorch", logger=False)
     run_id = _run_id(exp)

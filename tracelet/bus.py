@@ -26,7 +26,7 @@ from tracelet.backends.base import BackendSpec, RunInfo
 from tracelet.dispatcher import Control, Init, Reply
 from tracelet.events import Event, Metrics, RunEnd
 from tracelet.transport import ProcessTransport, ThreadTransport
-from tracelet.values import read_scalars_at_once
+from tracelet.values import read_cpu_scalars
 from tracelet.worker import BackendStats
 
 log = _log.get_logger(__name__)
@@ -53,8 +53,8 @@ class HostMetrics(NamedTuple):
     """Metrics as the training thread found them: numbers and CPU tensors, not yet read (never
     leaves this process).
 
-    On the sender thread, the tensors of a whole chunk are read at once
-    (``values.read_scalars_at_once``), then ``read(names, values, step, timestamp)`` turns each
+    On the sender thread, the tensors of a chunk are read (``values.read_cpu_scalars``, which
+    keeps the GIL), then ``read(names, values, step, timestamp)`` turns each
     into ``Metrics`` (or None when none is usable), so the training thread pays for neither
     the reads nor the checks. The values must not change after they are emitted:
     Lightning hands its loggers fresh tensors (``clone`` of every step value, epoch values
@@ -219,7 +219,7 @@ class EventBus:
                     continue
             chunk.append(item)
         if hosts:
-            rows = read_scalars_at_once([chunk[i].values for i in hosts])
+            rows = read_cpu_scalars([chunk[i].values for i in hosts])
             for i, values in zip(hosts, rows, strict=True):
                 chunk[i] = self._read_host(chunk[i], values)
             chunk = [item for item in chunk if item is not None]

@@ -6,7 +6,10 @@ GIL far beyond its CPU cost; in a separate process it costs training almost noth
 backend SDK imports out of the training process, and survives the training process being
 killed (the writer sees EOF and closes the runs).
 
-Frames on the pipes are a 4-byte big-endian length followed by a pickle.
+Frames on the pipes are a 4-byte big-endian length followed by a pickle. In the event frames,
+``Metrics`` — nearly every event — travel as plain tuples (``read_events`` makes them
+``Metrics`` again): pickling a NamedTuple calls its Python ``__getnewargs__``, 1.2 µs an
+event on the sender thread against 0.07 µs for a tuple.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, BinaryIO
 from tracelet import _log
 from tracelet.backends.base import WRITER_ENV, import_path  # WRITER_ENV: nothing in the writer tracks
 from tracelet.dispatcher import Dispatcher, Reply
+from tracelet.events import Metrics
 
 log = _log.get_logger(__name__)
 
@@ -35,6 +39,15 @@ def write_frame(stream: BinaryIO, obj: Any) -> None:
     stream.write(_HEADER.pack(len(payload)))
     stream.write(payload)
     stream.flush()
+
+
+def write_events(stream: BinaryIO, items: Sequence[Any]) -> None:
+    write_frame(stream, [tuple(item) if type(item) is Metrics else item for item in items])
+
+
+def read_events(stream: BinaryIO) -> list[Any]:
+    """The next frame of events, as ``write_events`` wrote them (raises EOFError as ``read_frame``)."""
+    return [Metrics._make(item) if type(item) is tuple else item for item in read_frame(stream)]
 
 
 def read_frame(stream: BinaryIO) -> Any:
@@ -100,7 +113,7 @@ class ProcessTransport:
         return self._process.pid
 
     def send(self, items: Sequence[Any]) -> None:
-        write_frame(self._stream, list(items))
+        write_events(self._stream, items)
 
     def close(self) -> None:
         """Close our end of the data pipe: the writer finishes on its own deadline."""

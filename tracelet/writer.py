@@ -20,7 +20,7 @@ import threading
 from tracelet import _log
 from tracelet.dispatcher import Dispatcher, Reply
 from tracelet.events import KILLED
-from tracelet.transport import read_frame, write_frame
+from tracelet.transport import read_events, write_frame
 
 WRITER_NICENESS = 10
 ABANDON_GRACE_S = 30.0  # how long backends may take to close after the training process vanished
@@ -75,7 +75,7 @@ def main(argv: list[str]) -> int:
     stream = os.fdopen(data_fd, "rb")
     try:
         while True:
-            items = read_frame(stream)
+            items = read_events(stream)
             dispatcher.handle(items)
     except EOFError:
         pass
