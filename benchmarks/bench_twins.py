@@ -12,10 +12,10 @@ cannot resolve a few percent; this narrows it (``--calibrate``: 0.98x, 0.97-1.04
 
 Steady state: the first rounds (the tracked twin's writer starting) are left out, and
 start-up and ``stop_logging`` are ``bench_overhead.py``'s to measure. The tracked twin's
-background work runs on while the untracked one has its turn, up to the sender's 0.2 s lag:
-blocks last about a second so that little of it spills over.
+background work runs on while the untracked one has its turn, up to the sender's 0.5 s lag:
+blocks last several seconds so that little of it spills over.
 
-    python benchmarks/bench_twins.py                          # 40 rounds of 500-step blocks
+    python benchmarks/bench_twins.py                          # 24 rounds of 1500-step blocks
     python benchmarks/bench_twins.py --calibrate              # both untracked: should be ~1.00x
     python benchmarks/bench_twins.py --config '{"track_lightning": false}'
     python benchmarks/bench_twins.py --rounds 3 --block 20    # a smoke run
@@ -98,8 +98,8 @@ def _start_twin(tracked: bool, args: argparse.Namespace) -> tuple[subprocess.Pop
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=40)
-    parser.add_argument("--block", type=int, default=500, help="steps per turn")
+    parser.add_argument("--rounds", type=int, default=24)
+    parser.add_argument("--block", type=int, default=1500, help="steps per turn")
     parser.add_argument("--config", default="{}", help="tracelet config as JSON")
     parser.add_argument(
         "--calibrate", action="store_true", help="both twins untracked: the ratio the setup itself gives"

@@ -3,7 +3,7 @@
 Where the two vCPUs of a small VM are hyperthreads of one core, CPU the writer spends during
 training is partly taken from training, so its cost per point is worth watching on its own.
 This runs the writer's side in this process — the dispatcher and the real backends, fed the
-pickled frames a Lightning fit sends (one ``Metrics`` group of 4 series per step, 200 groups
+pickled frames a Lightning fit sends (one ``Metrics`` group of 4 series per step, 500 groups
 a frame) — and divides the CPU time of all its threads (unpickling, dispatch, each backend's
 worker) by the points written. Process CPU time does not move with the machine's other load
 as wall time does; each repeat is a fresh run in a fresh store, the median is printed.
