@@ -154,9 +154,9 @@ def test_tensors_read_by_the_sender_equal_their_item_and_the_rest_is_left_alone(
         (torch.tensor(True), torch.tensor(1.5, dtype=torch.float16), one_value, torch.tensor(0.7)),
         (torch.tensor(2**53 + 1, dtype=torch.int64),),
     ]
-    read = read_cpu_scalars(rows)
+    read = [read_cpu_scalars(row) for row in rows]
     assert read[0] == (torch.tensor(0.1).item(), 3, 2.5, "text")
     assert read[1][:2] == (True, 1.5) and read[1][2] is one_value
     assert read[1][3] == torch.tensor(0.7).item()
     assert read[2] == (2**53 + 1,)  # ints are not promoted to floats on the way
-    assert read_cpu_scalars([(1.0, None)]) == [(1.0, None)]
+    assert read_cpu_scalars((1.0, None)) == (1.0, None)

@@ -251,7 +251,7 @@ def test_device_values_are_read_off_the_training_thread_and_arrive_intact(monkey
 
 def test_cpu_values_are_read_on_the_sender_thread_and_arrive_intact(monkeypatch, tmp_path):
     """The training thread hands Lightning's CPU tensors over as they are: they are read (and
-    checked) on the bus's sender thread, a chunk of them at once."""
+    checked) on the bus's sender thread."""
     import threading
 
     from tracelet import bus
@@ -268,10 +268,10 @@ def test_cpu_values_are_read_on_the_sender_thread_and_arrive_intact(monkeypatch,
             readers.setdefault(name, set()).add(threading.current_thread().name)
         return read_metrics(self, names, values, step, timestamp)
 
-    def recording_tensor_reads(rows):
-        if any(hasattr(value, "item") for row in rows for value in row):
+    def recording_tensor_reads(values):
+        if any(hasattr(value, "item") for value in values):
             tensor_readers.add(threading.current_thread().name)
-        return read_tensors(rows)
+        return read_tensors(values)
 
     monkeypatch.setattr(Experiment, "_read_metrics", recording)
     monkeypatch.setattr(bus, "read_cpu_scalars", recording_tensor_reads)

@@ -57,9 +57,9 @@ class HostMetrics(NamedTuple):
     """Metrics as the training thread found them: numbers and CPU tensors, not yet read (never
     leaves this process).
 
-    On the sender thread, the tensors of a chunk are read (``values.read_cpu_scalars``, which
-    keeps the GIL), then ``read(names, values, step, timestamp)`` turns each
-    into ``Metrics`` (or None when none is usable), so the training thread pays for neither
+    On the sender thread, the tensors are read (``values.read_cpu_scalars``, which keeps the
+    GIL), then ``read(names, values, step, timestamp)`` turns them into ``Metrics`` (or None
+    when none is usable), so the training thread pays for neither
     the reads nor the checks. The values must not change after they are emitted:
     Lightning hands its loggers fresh tensors (``clone`` of every step value, epoch values
     computed anew).
@@ -207,7 +207,6 @@ class EventBus:
     def _next_chunk(self, count: int) -> list[Any]:
         """The next ``count`` items of the buffer, values read (fewer if the writer's death emptied it)."""
         chunk: list[Any] = []
-        hosts: list[int] = []  # where the HostMetrics are in the chunk
         buffer = self._buffer
         for _ in range(count):
             try:
@@ -216,22 +215,16 @@ class EventBus:
                 break
             kind = type(item)
             if kind is HostMetrics:
-                hosts.append(len(chunk))
+                item = self._read_host(item)
             elif kind is DeferredMetrics:
                 item = self._resolve(item)
-                if item is None:
-                    continue
-            chunk.append(item)
-        if hosts:
-            rows = read_cpu_scalars([chunk[i].values for i in hosts])
-            for i, values in zip(hosts, rows, strict=True):
-                chunk[i] = self._read_host(chunk[i], values)
-            chunk = [item for item in chunk if item is not None]
+            if item is not None:
+                chunk.append(item)
         return chunk
 
-    def _read_host(self, host: HostMetrics, values: tuple[Any, ...]) -> Metrics | None:
+    def _read_host(self, host: HostMetrics) -> Metrics | None:
         try:
-            return host.read(host.names, values, host.step, host.timestamp)
+            return host.read(host.names, read_cpu_scalars(host.values), host.step, host.timestamp)
         except Exception as err:  # tracelet's own bug: these points are lost, counted; sending goes on
             self._count_drop(len(host.names), "metric values unreadable")
             _log.warn_once(

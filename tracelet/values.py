@@ -64,8 +64,8 @@ def to_float(value: Any) -> float:
         raise Unusable("not a number", f"{type(value).__name__}: {err}") from None
 
 
-def read_cpu_scalars(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    """``rows`` with every zero-dimensional CPU tensor replaced by its Python number (what
+def read_cpu_scalars(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """``values`` with every zero-dimensional CPU tensor replaced by its Python number (what
     ``.item()`` gives), read with ``.tolist()``.
 
     For the sender thread: ``.item()`` and ``torch.stack`` release the GIL and take it back, so
@@ -76,7 +76,7 @@ def read_cpu_scalars(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
     """
     torch = sys.modules.get("torch")
     if torch is None:  # no tensors can be here
-        return rows
+        return values
     tensor = torch.Tensor
 
     def read(value: Any) -> Any:
@@ -87,7 +87,7 @@ def read_cpu_scalars(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
                 return value
         return value
 
-    return [tuple(map(read, row)) for row in rows]
+    return tuple(map(read, values))
 
 
 def to_step(step: Any) -> int | None:
