@@ -6,7 +6,11 @@ process, sender thread and collectors running; ``--config`` for others). They ta
 one block of ``--block`` steps at a time (the order alternating: untracked-tracked,
 tracked-untracked, ...), so only one trains at any moment and both see the machine's speed
 of the same second. Each round's ratio of the tracked block's time to the untracked one's
-is one sample; the median of the rounds is printed with a bootstrap interval. On a VM
+is one sample; the median of the rounds is printed with a bootstrap interval, and the same
+for the CPU time of the training thread alone and of the whole training process (tracelet's
+sender and collector threads too): where the training thread's CPU time grows as much as
+its wall time, tracking makes its own work slower (caches, memory) rather than making it
+wait (for the GIL, for a CPU). On a VM
 whose speed moves by 20-30% within seconds, fits minutes apart (``bench_overhead.py``)
 cannot resolve a few percent; this narrows it (``--calibrate``: 0.98x, 0.97-1.04).
 
@@ -52,14 +56,20 @@ def _twin(tracked: bool, rounds: int, block: int, go_fd: int, done_fd: int, conf
 
     class Turns(pl.Callback):
         started = 0.0
+        cpu_started = 0.0
+        process_started = 0.0
 
         def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
             if batch_idx % block:
                 return
             if batch_idx:
-                done.write(f"{time.perf_counter() - self.started}\n")
+                wall = time.perf_counter() - self.started
+                cpu = time.thread_time() - self.cpu_started
+                process = time.process_time() - self.process_started
+                done.write(f"{wall} {cpu} {process}\n")
             go.read(1)  # blocks until it is this twin's turn
-            self.started = time.perf_counter()
+            self.started, self.cpu_started = time.perf_counter(), time.thread_time()
+            self.process_started = time.process_time()
 
     run = trainer(rounds * block + 1)
     run.callbacks.append(Turns())
@@ -69,6 +79,10 @@ def _twin(tracked: bool, rounds: int, block: int, go_fd: int, done_fd: int, conf
         report = tracelet.stop_logging()
         result = {"done": report.done, "lost": sum(s.dropped + s.failed for s in report.backends.values())}
     done.write(json.dumps(result) + "\n")
+
+
+def _ratios(times: dict[bool, list[float]]) -> list[float]:
+    return [t / u for t, u in zip(times[True], times[False], strict=True)][WARM_UP_ROUNDS:]
 
 
 def _start_twin(tracked: bool, args: argparse.Namespace) -> tuple[subprocess.Popen, int, object]:
@@ -118,6 +132,8 @@ def main() -> None:
     byte_compile_tracelet()
     twins = {tracked: _start_twin(tracked, args) for tracked in (False, True)}
     times: dict[bool, list[float]] = {False: [], True: []}
+    cpu_times: dict[bool, list[float]] = {False: [], True: []}
+    process_times: dict[bool, list[float]] = {False: [], True: []}
     for round_index in range(args.rounds):
         order = (False, True) if round_index % 2 == 0 else (True, False)
         for tracked in order:
@@ -126,13 +142,18 @@ def main() -> None:
             line = done.readline()
             if not line:
                 raise SystemExit(f"the {'tracked' if tracked else 'untracked'} twin exited early")
-            times[tracked].append(float(line))
+            wall, cpu, process = map(float, line.split())
+            times[tracked].append(wall)
+            cpu_times[tracked].append(cpu)
+            process_times[tracked].append(process)
     results = {}
     for tracked, (process, go, done) in twins.items():
         os.write(go, b"g")  # the last step
         results[tracked] = json.loads(done.readline())
         process.wait(timeout=120)
-    ratios = [t / u for t, u in zip(times[True], times[False], strict=True)][WARM_UP_ROUNDS:]
+    ratios = _ratios(times)
+    cpu_ratios = _ratios(cpu_times)
+    process_ratios = _ratios(process_times)
     untracked_step = sorted(times[False])[len(times[False]) // 2] / args.block
     print(
         f"\n{args.rounds} rounds of {args.block}-step turns (untracked step {untracked_step * 1e3:.2f} ms), "
@@ -140,6 +161,8 @@ def main() -> None:
         + ", 3 metrics/step, log_every_n_steps=1"
     )
     print(f"tracked / untracked twin, same round: {describe(ratios)}")
+    print(f"  CPU time of the training thread: {describe(cpu_ratios)}")
+    print(f"  CPU time of the training process (+ tracelet's threads): {describe(process_ratios)}")
     if results[True]:
         print(f"tracked twin flushed everything: {results[True]['done']}, lost {results[True]['lost']}")
 
