@@ -141,22 +141,22 @@ def test_the_docs_table_is_what_the_stores_hold():
     assert table == render_tables(), "docs/bad-input.md is out of date; paste render_tables() into it"
 
 
-def test_tensors_read_by_the_sender_equal_their_item_and_the_rest_is_left_alone():
-    """The sender thread's read (``read_cpu_scalars``): every zero-dimensional CPU tensor
+def test_cpu_tensors_read_at_capture_equal_their_item_and_the_rest_is_left_alone():
+    """The training thread's read (``read_cpu_scalar``): every zero-dimensional CPU tensor
     becomes exactly what ``.item()`` gives, per dtype; anything else stays as it was."""
     import torch
 
-    from tracelet.values import read_cpu_scalars
+    from tracelet.values import read_cpu_scalar
 
     one_value = torch.tensor([5.0])  # not zero-dimensional: left for to_float
+    meta = torch.tensor(1.0, device="meta")  # not on the CPU: left for to_float to refuse
     rows = [
-        (torch.tensor(0.1), torch.tensor(3, dtype=torch.int64), 2.5, "text"),
-        (torch.tensor(True), torch.tensor(1.5, dtype=torch.float16), one_value, torch.tensor(0.7)),
+        (torch.tensor(0.1), torch.tensor(3, dtype=torch.int64)),
+        (torch.tensor(True), torch.tensor(1.5, dtype=torch.float16), one_value, torch.tensor(0.7), meta),
         (torch.tensor(2**53 + 1, dtype=torch.int64),),
     ]
-    read = [read_cpu_scalars(row) for row in rows]
-    assert read[0] == (torch.tensor(0.1).item(), 3, 2.5, "text")
-    assert read[1][:2] == (True, 1.5) and read[1][2] is one_value
+    read = [tuple(map(read_cpu_scalar, row)) for row in rows]
+    assert read[0] == (torch.tensor(0.1).item(), 3)
+    assert read[1][:2] == (True, 1.5) and read[1][2] is one_value and read[1][4] is meta
     assert read[1][3] == torch.tensor(0.7).item()
     assert read[2] == (2**53 + 1,)  # ints are not promoted to floats on the way
-    assert read_cpu_scalars((1.0, None)) == (1.0, None)

@@ -249,36 +249,39 @@ def test_device_values_are_read_off_the_training_thread_and_arrive_intact(monkey
     assert_same_series(mlflow_series(run_id), expected)
 
 
-def test_cpu_values_are_read_on_the_sender_thread_and_arrive_intact(monkeypatch, tmp_path):
-    """The training thread hands Lightning's CPU tensors over as they are: they are read (and
-    checked) on the bus's sender thread."""
+def test_cpu_values_are_read_at_capture_checked_on_the_sender_thread_and_arrive_intact(monkeypatch, tmp_path):
+    """The training thread reads Lightning's CPU tensors when it captures them, so the bus's
+    buffer holds numbers, never a tensor (~600 bytes each, against 24 for its number: the
+    buffer's memory would not be bounded by ``queue_size`` times a small event); the values are
+    checked on the sender thread."""
     import threading
 
-    from tracelet import bus
+    import torch
+
     from tracelet.experiment import Experiment
 
     logged = {"train/loss_step", "train/loss_epoch", "val_loss", "test_loss"}
     expected = _oracle("lightning.pytorch", tmp_path)
-    readers: dict[str, set[str]] = {}
-    tensor_readers: set[str] = set()
-    read_metrics, read_tensors = Experiment._read_metrics, bus.read_cpu_scalars
+    checkers: dict[str, set[str]] = {}
+    buffered: list[type] = []
+    read_metrics, emit_host = Experiment._read_metrics, Experiment._emit_host
 
     def recording(self, names, values, step, timestamp):
         for name in logged.intersection(names):
-            readers.setdefault(name, set()).add(threading.current_thread().name)
+            checkers.setdefault(name, set()).add(threading.current_thread().name)
         return read_metrics(self, names, values, step, timestamp)
 
-    def recording_tensor_reads(values):
-        if any(hasattr(value, "item") for value in values):
-            tensor_readers.add(threading.current_thread().name)
-        return read_tensors(values)
+    def recording_emits(self, names, values, step, timestamp):
+        buffered.extend(type(value) for name, value in zip(names, values, strict=True) if name in logged)
+        return emit_host(self, names, values, step, timestamp)
 
     monkeypatch.setattr(Experiment, "_read_metrics", recording)
-    monkeypatch.setattr(bus, "read_cpu_scalars", recording_tensor_reads)
+    monkeypatch.setattr(Experiment, "_emit_host", recording_emits)
     exp = tracelet.start_logging(project="tiny")
     run_tiny_job("lightning.pytorch", logger=False)
     run_id = _run_id(exp)
     tracelet.stop_logging()
-    assert set(readers) == logged
-    assert set().union(*readers.values()) == tensor_readers == {"tracelet-sender"}
+    assert set(checkers) == logged
+    assert set().union(*checkers.values()) == {"tracelet-sender"}
+    assert buffered and torch.Tensor not in buffered and set(buffered) <= {float, int}
     assert_same_series(mlflow_series(run_id), expected)

@@ -26,7 +26,6 @@ from tracelet.backends.base import BackendSpec, RunInfo
 from tracelet.dispatcher import Control, Init, Reply
 from tracelet.events import Event, Metrics, RunEnd
 from tracelet.transport import ProcessTransport, ThreadTransport
-from tracelet.values import read_cpu_scalars
 from tracelet.worker import BackendStats
 
 log = _log.get_logger(__name__)
@@ -54,15 +53,11 @@ class DeferredMetrics(NamedTuple):
 
 
 class HostMetrics(NamedTuple):
-    """Metrics as the training thread found them: numbers and CPU tensors, not yet read (never
-    leaves this process).
+    """Metrics as the training thread captured them: numbers (CPU tensors already read, see
+    ``values.read_cpu_scalar``), not yet checked (never leaves this process).
 
-    On the sender thread, the tensors are read (``values.read_cpu_scalars``, which keeps the
-    GIL), then ``read(names, values, step, timestamp)`` turns them into ``Metrics`` (or None
-    when none is usable), so the training thread pays for neither
-    the reads nor the checks. The values must not change after they are emitted:
-    Lightning hands its loggers fresh tensors (``clone`` of every step value, epoch values
-    computed anew).
+    On the sender thread, ``read(names, values, step, timestamp)`` turns them into ``Metrics``
+    (or None when none is usable), so the training thread does not pay for the checks.
     """
 
     names: tuple[str, ...]
@@ -224,7 +219,7 @@ class EventBus:
 
     def _read_host(self, host: HostMetrics) -> Metrics | None:
         try:
-            return host.read(host.names, read_cpu_scalars(host.values), host.step, host.timestamp)
+            return host.read(host.names, host.values, host.step, host.timestamp)
         except Exception as err:  # tracelet's own bug: these points are lost, counted; sending goes on
             self._count_drop(len(host.names), "metric values unreadable")
             _log.warn_once(

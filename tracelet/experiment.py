@@ -175,7 +175,7 @@ class Experiment:
     def _emit_host(
         self, names: tuple[str, ...], values: tuple[Any, ...], step: int | None, timestamp: float
     ) -> None:
-        """Points whose values (numbers, CPU tensors) are read later, on the sender thread."""
+        """Points whose values (numbers) are checked later, on the sender thread."""
         if self._bus is not None:
             self._bus.emit(HostMetrics(names, values, step, timestamp, self._read_metrics))
 

@@ -6,10 +6,11 @@ Patched, in both ``lightning.pytorch`` and ``pytorch_lightning``:
   (every ``log_every_n_steps`` in training, at epoch ends, after evaluation). Lightning
   returns early there when the trainer has no loggers, so tracelet captures *around* it and
   applies Lightning's own step rule: the ``step`` metric if logged, else ``epoch`` is added
-  and the step is ``fit_loop.epoch_loop._batches_that_stepped``. The training thread takes
-  the values as they are: numbers and CPU tensors are read by the bus's sender thread,
-  one-element device tensors are stacked and copied to the host asynchronously — no device
-  synchronization, no ``.item()`` on the training thread.
+  and the step is ``fit_loop.epoch_loop._batches_that_stepped``. The training thread reads
+  CPU tensors at once with ``.tolist()`` (a tensor kept in the bus's buffer until the sender
+  thread reads it holds 25 times the memory of its number); the sender thread checks the
+  values. One-element device tensors are stacked and copied to the host asynchronously — no
+  device synchronization, no ``.item()`` on the training thread.
 - ``_log_hyperparams`` (as imported into the trainer module) — ``save_hyperparameters()`` of
   the module and datamodule become params, also with ``logger=False``.
 - ``Trainer.fit/validate/test/predict`` — an exception escaping them marks the run FAILED,
@@ -40,6 +41,7 @@ from tracelet.events import FAILED, KILLED
 from tracelet.instrumentation.base import Instrumentor, Safety, guarded
 from tracelet.instrumentation.lightning_training import TrainingObserver
 from tracelet.instrumentation.tensorboard import captured_elsewhere, capturing_elsewhere
+from tracelet.values import read_cpu_scalar
 
 if TYPE_CHECKING:
     from tracelet.experiment import Experiment
@@ -166,8 +168,8 @@ class LightningInstrumentor(Instrumentor):
     def _on_log_metrics(self, original: Callable[..., Any]) -> Callable[..., Any]:
         """The patch of ``_LoggerConnector.log_metrics`` (``_wrap_hot``: it runs at every logging
         step): Lightning's call, with TensorBoard calls made inside it marked as captured here,
-        then the capture. The training thread only takes the values as they are
-        (``_capture_metrics``); the sender thread reads them."""
+        then the capture (``_capture_metrics``): the training thread reads CPU values, the sender
+        thread checks them."""
         safety = self.safety
         capture = self._capture_metrics
 
@@ -265,19 +267,22 @@ def _scalars(metrics: Mapping[str, Any]) -> dict[str, Any]:
 def _split_by_device(
     metrics: Mapping[str, Any],
 ) -> tuple[list[str], list[Any], list[tuple[tuple[str, ...], Any]]]:
-    """Names and values to read later on the host (numbers and CPU tensors, as they are), and
-    one-element device tensors stacked, one stack per device and dtype, for a single transfer
-    each."""
+    """Names and values on the host (numbers, CPU tensors read now: ``read_cpu_scalar``),
+    checked later on the sender thread, and one-element device tensors stacked, one stack per
+    device and dtype, for a single transfer each."""
     names: list[str] = []
     values: list[Any] = []
     groups: dict[tuple[Any, Any], list[tuple[str, Any]]] = {}
     cpu_as_device = _CPU_TENSORS_AS_DEVICE
     for key, value in metrics.items():
         on_host = getattr(value, "is_cpu", None)  # a torch tensor (cheaper than building .device)
-        host = on_host is None or (on_host and not cpu_as_device) or not hasattr(value, "detach")
-        # numbers and CPU tensors are read later as they are; a device tensor of more than one
-        # element too, to be refused (counted) there
-        if host or value.numel() != 1:
+        if on_host is None or not hasattr(value, "detach"):  # a number, or not a torch tensor
+            names.append(key)
+            values.append(value)
+        elif on_host and not cpu_as_device:
+            names.append(key)
+            values.append(read_cpu_scalar(value))
+        elif value.numel() != 1:  # a device tensor of more values: refused (counted) later
             names.append(key)
             values.append(value)
         else:
