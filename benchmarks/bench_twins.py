@@ -19,7 +19,20 @@ start-up and ``stop_logging`` are ``bench_overhead.py``'s to measure. The tracke
 background work runs on while the untracked one has its turn, up to the sender's 0.5 s lag:
 blocks last several seconds so that little of it spills over.
 
+Runs of one pair differ by more than their intervals say (e.g. 1.048x, 1.073x, 1.095x,
+1.033x for the same code within an hour, each 0.02-0.04 wide): a pair of processes keeps its
+own speed difference for its whole life (where the host put its memory and threads; with
+both twins untracked, 8 fresh pairs measured 0.94x to 1.07x each), which more rounds do not
+average out. ``--pairs N`` starts N fresh pairs one after another and resamples whole pairs
+for the interval; ``--swap`` lets the two processes take the tracked part in turns, round by
+round (tracking stopped and started between turns, untimed), so that each sample holds each
+process once tracked and once not and their own speeds cancel. Tracking is then at most two
+turns old when measured: a cost that grows over a long run would not show (none was seen:
+the training process's object count and collections stay flat over 6000 tracked steps).
+
     python benchmarks/bench_twins.py                          # 24 rounds of 1500-step blocks
+    python benchmarks/bench_twins.py --pairs 8 --rounds 10    # 8 fresh pairs: see below
+    python benchmarks/bench_twins.py --swap --pairs 4 --rounds 18
     python benchmarks/bench_twins.py --calibrate              # both untracked: should be ~1.00x
     python benchmarks/bench_twins.py --config '{"track_lightning": false}'
     python benchmarks/bench_twins.py --rounds 3 --block 20    # a smoke run
@@ -29,7 +42,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import random
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,8 +56,11 @@ from ratios import describe
 WARM_UP_ROUNDS = 2
 
 
-def _twin(tracked: bool, rounds: int, block: int, go_fd: int, done_fd: int, config: dict | None) -> None:
-    """One twin: a fit that stops at every block boundary to report and wait for its turn."""
+def _twin(role: str, rounds: int, block: int, go_fd: int, done_fd: int, config: dict | None) -> None:
+    """One twin: a fit that stops at every block boundary to report and wait for its turn.
+    ``role``: tracked in every round, in none (untracked), or in the even or odd rounds only
+    (``--swap``: tracking is stopped or started before the twin reports its turn done, so the
+    switch is never timed and never overlaps the other twin's turn)."""
     os.chdir(tempfile.mkdtemp(prefix="tracelet-twin-"))
     import lightning.pytorch as pl
     from tiny import module_and_data, trainer
@@ -51,8 +70,21 @@ def _twin(tracked: bool, rounds: int, block: int, go_fd: int, done_fd: int, conf
     go, done = os.fdopen(go_fd, "rb", buffering=0), os.fdopen(done_fd, "w", buffering=1)
     Tiny, data = module_and_data(rounds * block + 1)
     trainer(20).fit(Tiny(), data)  # warm-up: imports, first-call caches
-    if tracked and config is not None:
-        tracelet.start_logging(project="twins", config=config).flush()
+    reports: list = []
+
+    def track_in(round_index: int | None) -> None:
+        wanted = (
+            config is not None
+            and round_index is not None
+            and (role == "tracked" or (role in ("even", "odd") and round_index % 2 == (role == "odd")))
+        )
+        active = tracelet.get_active_experiment() is not None
+        if wanted and not active:
+            tracelet.start_logging(project="twins", config=config).flush()
+        elif active and not wanted:
+            reports.append(tracelet.stop_logging())
+
+    track_in(0)
 
     class Turns(pl.Callback):
         started = 0.0
@@ -66,6 +98,7 @@ def _twin(tracked: bool, rounds: int, block: int, go_fd: int, done_fd: int, conf
                 wall = time.perf_counter() - self.started
                 cpu = time.thread_time() - self.cpu_started
                 process = time.process_time() - self.process_started
+                track_in(batch_idx // block)
                 done.write(f"{wall} {cpu} {process}\n")
             go.read(1)  # blocks until it is this twin's turn
             self.started, self.cpu_started = time.perf_counter(), time.thread_time()
@@ -74,22 +107,31 @@ def _twin(tracked: bool, rounds: int, block: int, go_fd: int, done_fd: int, conf
     run = trainer(rounds * block + 1)
     run.callbacks.append(Turns())
     run.fit(Tiny(), data)
+    track_in(None)  # the end: stop
     result: dict = {}
-    if tracked and config is not None:
-        report = tracelet.stop_logging()
-        result = {"done": report.done, "lost": sum(s.dropped + s.failed for s in report.backends.values())}
+    if reports:
+        result = {
+            "done": all(report.done for report in reports),
+            "lost": sum(s.dropped + s.failed for report in reports for s in report.backends.values()),
+        }
     done.write(json.dumps(result) + "\n")
 
 
 def _ratios(times: dict[bool, list[float]]) -> list[float]:
-    return [t / u for t, u in zip(times[True], times[False], strict=True)][WARM_UP_ROUNDS:]
+    """Tracked over untracked, after the warm-up rounds: the geometric mean of each two
+    rounds, one with the tracked twin's turn first and one with it second (which turn of a
+    round is faster moved by up to 10% on this VM at times, and a median of ratios of both
+    kinds then lands anywhere between them); with ``--swap`` each process is tracked in one
+    of the two, so a process's own lasting speed cancels out too."""
+    ratios = [t / u for t, u in zip(times[True], times[False], strict=True)][WARM_UP_ROUNDS:]
+    return [math.sqrt(a * b) for a, b in zip(ratios[::2], ratios[1::2], strict=False)]
 
 
-def _start_twin(tracked: bool, args: argparse.Namespace) -> tuple[subprocess.Popen, int, object]:
+def _start_twin(role: str, args: argparse.Namespace) -> tuple[subprocess.Popen, int, object]:
     go_read, go_write = os.pipe()
     done_read, done_write = os.pipe()
     process = subprocess.Popen(
-        [sys.executable, __file__, "--twin", "tracked" if tracked else "untracked"]
+        [sys.executable, __file__, "--twin", role]
         + [
             "--rounds",
             str(args.rounds),
@@ -114,57 +156,105 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=24)
     parser.add_argument("--block", type=int, default=1500, help="steps per turn")
+    parser.add_argument(
+        "--pairs", type=int, default=1, help="fresh pairs of twin processes, one after another"
+    )
     parser.add_argument("--config", default="{}", help="tracelet config as JSON")
     parser.add_argument(
         "--calibrate", action="store_true", help="both twins untracked: the ratio the setup itself gives"
     )
-    parser.add_argument("--twin", choices=["tracked", "untracked"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--swap",
+        action="store_true",
+        help="the twins take the tracked part in turns, round by round (tracking stopped and "
+        "started between their turns, untimed)",
+    )
+    parser.add_argument("--twin", choices=["tracked", "untracked", "even", "odd"], help=argparse.SUPPRESS)
     parser.add_argument("--fds", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.twin:
         go_fd, done_fd = map(int, args.fds.split(","))
         config = None if args.calibrate else json.loads(args.config)
-        _twin(args.twin == "tracked", args.rounds, args.block, go_fd, done_fd, config)
+        _twin(args.twin, args.rounds, args.block, go_fd, done_fd, config)
         return
 
     from tiny import byte_compile_tracelet
 
     byte_compile_tracelet()
-    twins = {tracked: _start_twin(tracked, args) for tracked in (False, True)}
-    times: dict[bool, list[float]] = {False: [], True: []}
-    cpu_times: dict[bool, list[float]] = {False: [], True: []}
-    process_times: dict[bool, list[float]] = {False: [], True: []}
-    for round_index in range(args.rounds):
-        order = (False, True) if round_index % 2 == 0 else (True, False)
-        for tracked in order:
-            _, go, done = twins[tracked]
-            os.write(go, b"g")
-            line = done.readline()
-            if not line:
-                raise SystemExit(f"the {'tracked' if tracked else 'untracked'} twin exited early")
-            wall, cpu, process = map(float, line.split())
-            times[tracked].append(wall)
-            cpu_times[tracked].append(cpu)
-            process_times[tracked].append(process)
-    results = {}
-    for tracked, (process, go, done) in twins.items():
-        os.write(go, b"g")  # the last step
-        results[tracked] = json.loads(done.readline())
-        process.wait(timeout=120)
-    ratios = _ratios(times)
-    cpu_ratios = _ratios(cpu_times)
-    process_ratios = _ratios(process_times)
-    untracked_step = sorted(times[False])[len(times[False]) // 2] / args.block
+    pairs = [_one_pair(args) for _ in range(args.pairs)]
+    walls, cpus, processes = ([pair[kind] for pair in pairs] for kind in ("wall", "cpu", "process"))
+    untracked_step = statistics.median(t for pair in pairs for t in pair["untracked"]) / args.block
     print(
-        f"\n{args.rounds} rounds of {args.block}-step turns (untracked step {untracked_step * 1e3:.2f} ms), "
+        f"\n{args.pairs} pair(s) of twins, {args.rounds} rounds of {args.block}-step turns each "
+        f"(untracked step {untracked_step * 1e3:.2f} ms), "
         + ("both twins untracked (calibration)" if args.calibrate else f"tracelet config {args.config}")
         + ", 3 metrics/step, log_every_n_steps=1"
     )
-    print(f"tracked / untracked twin, same round: {describe(ratios)}")
-    print(f"  CPU time of the training thread: {describe(cpu_ratios)}")
-    print(f"  CPU time of the training process (+ tracelet's threads): {describe(process_ratios)}")
-    if results[True]:
-        print(f"tracked twin flushed everything: {results[True]['done']}, lost {results[True]['lost']}")
+    print(f"tracked / untracked twin, two rounds at a time: {_describe(walls)}")
+    print(f"  CPU time of the training thread: {_describe(cpus)}")
+    print(f"  CPU time of the training process (+ tracelet's threads): {_describe(processes)}")
+    if args.pairs > 1:
+        print("  each pair's median: " + " ".join(f"{statistics.median(r):.3f}" for r in walls))
+    reports = [pair["tracked"] for pair in pairs if pair["tracked"]]
+    if reports:
+        done, lost = all(r["done"] for r in reports), sum(r["lost"] for r in reports)
+        print(f"tracked twin(s) flushed everything: {done}, lost {lost}")
+
+
+def _one_pair(args: argparse.Namespace) -> dict:
+    """One pair of fresh twin processes taking ``args.rounds`` turns each: the ratios per round
+    (wall time, the training thread's CPU time, the training process's), the untracked twin's
+    block times, and the tracked twin's final report."""
+    roles = ("even", "odd") if args.swap else ("untracked", "tracked")
+    twins = {role: _start_twin(role, args) for role in roles}
+    kinds = ("wall", "cpu", "process")
+    times: dict[str, dict[bool, list[float]]] = {kind: {False: [], True: []} for kind in kinds}
+    for round_index in range(args.rounds):
+        if args.swap:
+            tracked_role = roles[round_index % 2]
+            role_of = {True: tracked_role, False: roles[1 - round_index % 2]}
+        else:
+            role_of = {False: "untracked", True: "tracked"}
+        order = (False, True) if round_index % 2 == 0 else (True, False)
+        for tracked in order:
+            _, go, done = twins[role_of[tracked]]
+            os.write(go, b"g")
+            line = done.readline()
+            if not line:
+                raise SystemExit(f"the {role_of[tracked]} twin exited early")
+            for kind, value in zip(kinds, map(float, line.split()), strict=True):
+                times[kind][tracked].append(value)
+    results = {}
+    for role, (process, go, done) in twins.items():
+        os.write(go, b"g")  # the last step
+        results[role] = json.loads(done.readline())
+        process.wait(timeout=120)
+    pair: dict = {kind: _ratios(by_twin) for kind, by_twin in times.items()}
+    pair["untracked"] = times["wall"][False]
+    reports = [result for result in results.values() if result]
+    pair["tracked"] = reports and {
+        "done": all(r["done"] for r in reports),
+        "lost": sum(r["lost"] for r in reports),
+    }
+    return pair
+
+
+def _describe(per_pair: list[list[float]]) -> str:
+    """The median of every round's ratio; with several pairs, its interval resamples whole
+    pairs (each pair of processes has its own lasting speed difference: where its memory
+    and threads landed), not rounds."""
+    if len(per_pair) == 1:
+        return describe(per_pair[0])
+    pooled = [r for ratios in per_pair for r in ratios]
+    rng = random.Random(0)
+    medians = sorted(
+        statistics.median([r for ratios in rng.choices(per_pair, k=len(per_pair)) for r in ratios])
+        for _ in range(2000)
+    )
+    return (
+        f"median {statistics.median(pooled):.3f}x (90% interval over pairs {medians[100]:.2f}-"
+        f"{medians[1899]:.2f}x, {len(pooled)} samples of two rounds in {len(per_pair)} pairs)"
+    )
 
 
 if __name__ == "__main__":
