@@ -37,7 +37,7 @@ bench: install
 	$(PY) benchmarks/bench_overhead.py
 	$(PY) benchmarks/bench_paired.py
 	$(PY) benchmarks/bench_interleaved.py
-	$(PY) benchmarks/bench_twins.py
+	$(PY) benchmarks/bench_twins.py --swap --pairs 4 --rounds 18
 	$(PY) benchmarks/bench_ddp.py
 	$(PY) benchmarks/bench_load.py
 	$(PY) benchmarks/bench_writer.py

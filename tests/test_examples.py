@@ -199,6 +199,11 @@ def test_overhead_benchmark_runs_in_smoke_mode():
         ("bench_paired.py", ["--steps", "30", "--pairs", "1"], "pair ratio median"),
         ("bench_interleaved.py", ["--steps", "300", "--block", "20", "--fits", "1"], "capture on / off"),
         ("bench_twins.py", ["--rounds", "4", "--block", "20"], "tracked / untracked twin"),
+        (  # the twins take the tracked part in turns: each stops and starts tracking mid-fit
+            "bench_twins.py",
+            ["--swap", "--pairs", "2", "--rounds", "4", "--block", "20"],
+            "flushed everything: True, lost 0",
+        ),
         ("bench_load.py", ["--events", "20000"], "bus.emit on the calling thread"),
         ("bench_ddp.py", ["--rounds", "1", "--epochs", "1"], "with tracelet"),
         ("bench_writer.py", ["--steps", "400", "--repeats", "1"], "journal+mlflow"),
