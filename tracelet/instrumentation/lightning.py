@@ -276,17 +276,15 @@ def _split_by_device(
     cpu_as_device = _CPU_TENSORS_AS_DEVICE
     for key, value in metrics.items():
         on_host = getattr(value, "is_cpu", None)  # a torch tensor (cheaper than building .device)
-        if on_host is None or not hasattr(value, "detach"):  # a number, or not a torch tensor
-            names.append(key)
-            values.append(value)
-        elif on_host and not cpu_as_device:
-            names.append(key)
-            values.append(read_cpu_scalar(value))
-        elif value.numel() != 1:  # a device tensor of more values: refused (counted) later
-            names.append(key)
-            values.append(value)
-        else:
-            groups.setdefault((value.device, value.dtype), []).append((key, value))
+        if on_host is not None and hasattr(value, "detach"):
+            if on_host and not cpu_as_device:
+                value = read_cpu_scalar(value)
+            elif value.numel() == 1:
+                groups.setdefault((value.device, value.dtype), []).append((key, value))
+                continue
+            # else a device tensor of more values: refused (counted) on the sender thread
+        names.append(key)
+        values.append(value)
     if not groups:
         return names, values, []
     import torch
