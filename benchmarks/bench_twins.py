@@ -44,14 +44,13 @@ import argparse
 import json
 import math
 import os
-import random
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 
-from ratios import describe
+from ratios import describe, grouped_median_interval
 
 WARM_UP_ROUNDS = 2
 
@@ -108,12 +107,9 @@ def _twin(role: str, rounds: int, block: int, go_fd: int, done_fd: int, config: 
     run.callbacks.append(Turns())
     run.fit(Tiny(), data)
     track_in(None)  # the end: stop
-    result: dict = {}
-    if reports:
-        result = {
-            "done": all(report.done for report in reports),
-            "lost": sum(s.dropped + s.failed for report in reports for s in report.backends.values()),
-        }
+    result = _merged(
+        [{"done": r.done, "lost": sum(s.dropped + s.failed for s in r.backends.values())} for r in reports]
+    )
     done.write(json.dumps(result) + "\n")
 
 
@@ -195,10 +191,9 @@ def main() -> None:
     print(f"  CPU time of the training process (+ tracelet's threads): {_describe(processes)}")
     if args.pairs > 1:
         print("  each pair's median: " + " ".join(f"{statistics.median(r):.3f}" for r in walls))
-    reports = [pair["tracked"] for pair in pairs if pair["tracked"]]
-    if reports:
-        done, lost = all(r["done"] for r in reports), sum(r["lost"] for r in reports)
-        print(f"tracked twin(s) flushed everything: {done}, lost {lost}")
+    tracked = _merged([pair["tracked"] for pair in pairs])
+    if tracked:
+        print(f"tracked twin(s) flushed everything: {tracked['done']}, lost {tracked['lost']}")
 
 
 def _one_pair(args: argparse.Namespace) -> dict:
@@ -210,11 +205,8 @@ def _one_pair(args: argparse.Namespace) -> dict:
     kinds = ("wall", "cpu", "process")
     times: dict[str, dict[bool, list[float]]] = {kind: {False: [], True: []} for kind in kinds}
     for round_index in range(args.rounds):
-        if args.swap:
-            tracked_role = roles[round_index % 2]
-            role_of = {True: tracked_role, False: roles[1 - round_index % 2]}
-        else:
-            role_of = {False: "untracked", True: "tracked"}
+        tracked_index = round_index % 2 if args.swap else 1
+        role_of = {True: roles[tracked_index], False: roles[1 - tracked_index]}
         order = (False, True) if round_index % 2 == 0 else (True, False)
         for tracked in order:
             _, go, done = twins[role_of[tracked]]
@@ -231,30 +223,30 @@ def _one_pair(args: argparse.Namespace) -> dict:
         process.wait(timeout=120)
     pair: dict = {kind: _ratios(by_twin) for kind, by_twin in times.items()}
     pair["untracked"] = times["wall"][False]
-    reports = [result for result in results.values() if result]
-    pair["tracked"] = reports and {
-        "done": all(r["done"] for r in reports),
-        "lost": sum(r["lost"] for r in reports),
-    }
+    pair["tracked"] = _merged(list(results.values()))
     return pair
 
 
 def _describe(per_pair: list[list[float]]) -> str:
-    """The median of every round's ratio; with several pairs, its interval resamples whole
-    pairs (each pair of processes has its own lasting speed difference: where its memory
-    and threads landed), not rounds."""
+    """The median of every sample; with several pairs, its interval resamples whole pairs (each
+    pair of processes has its own lasting speed difference: where its memory and threads
+    landed), not samples."""
     if len(per_pair) == 1:
         return describe(per_pair[0])
-    pooled = [r for ratios in per_pair for r in ratios]
-    rng = random.Random(0)
-    medians = sorted(
-        statistics.median([r for ratios in rng.choices(per_pair, k=len(per_pair)) for r in ratios])
-        for _ in range(2000)
-    )
+    low, high = grouped_median_interval(per_pair)
+    pooled = [ratio for ratios in per_pair for ratio in ratios]
     return (
-        f"median {statistics.median(pooled):.3f}x (90% interval over pairs {medians[100]:.2f}-"
-        f"{medians[1899]:.2f}x, {len(pooled)} samples of two rounds in {len(per_pair)} pairs)"
+        f"median {statistics.median(pooled):.3f}x (90% interval over pairs {low:.2f}-{high:.2f}x, "
+        f"{len(pooled)} samples of two rounds in {len(per_pair)} pairs)"
     )
+
+
+def _merged(reports: list[dict]) -> dict:
+    """One ``{"done", "lost"}`` for several tracked runs' reports ({} for none: untracked)."""
+    reports = [report for report in reports if report]
+    if not reports:
+        return {}
+    return {"done": all(r["done"] for r in reports), "lost": sum(r["lost"] for r in reports)}
 
 
 if __name__ == "__main__":

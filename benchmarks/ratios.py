@@ -16,8 +16,26 @@ def median_interval(ratios: Sequence[float], level: float = 0.9, draws: int = 40
     """A percentile-bootstrap interval for the median of ``ratios`` (seeded: reruns agree)."""
     if len(ratios) < 2:
         return ratios[0], ratios[0]
+    return _bootstrap([[ratio] for ratio in ratios], level, draws)
+
+
+def grouped_median_interval(
+    groups: Sequence[Sequence[float]], level: float = 0.9, draws: int = 4000
+) -> tuple[float, float]:
+    """The same for the median of all the groups' ratios pooled, resampling whole groups: where
+    the ratios of a group share a lasting bias (one pair of processes), resampling them one by
+    one would make the interval too narrow. With one group, its ratios are resampled."""
+    if len(groups) < 2:
+        return median_interval(groups[0], level, draws)
+    return _bootstrap(groups, level, draws)
+
+
+def _bootstrap(groups: Sequence[Sequence[float]], level: float, draws: int) -> tuple[float, float]:
     rng = random.Random(0)
-    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(draws))
+    medians = sorted(
+        statistics.median([ratio for group in rng.choices(groups, k=len(groups)) for ratio in group])
+        for _ in range(draws)
+    )
     tail = (1 - level) / 2
     return medians[int(tail * draws)], medians[min(draws - 1, int((1 - tail) * draws))]
 
