@@ -5,6 +5,10 @@ from __future__ import annotations
 import csv
 import importlib
 import math
+import os
+import subprocess
+import sys
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -168,3 +172,32 @@ def clearml_series(offline_dir: str) -> tuple[Series, dict]:
                 series[name].append((event["iter"], float(event["value"])))
     task = json.loads((folder / "task.json").read_text())
     return {k: sorted(v) for k, v in series.items()}, task
+
+
+SWEEP_JOB = textwrap.dedent(
+    """
+    import sys, tracelet
+    exp = tracelet.start_logging(project="sweep", exp_name=f"job{sys.argv[1]}")
+    for step in range(int(sys.argv[2])):
+        exp.log_metric("loss", step / 50, iteration=step)
+    report = tracelet.stop_logging(timeout=120)
+    print("complete" if report.backends["mlflow"].complete else report.lines())
+    """
+)
+
+
+def sweep(directory: Path, jobs: int, points: int = 50, **environ: str) -> list[str]:
+    """``jobs`` processes started at once in ``directory`` (each logs ``points`` points to the
+    MLflow store ``environ`` names, ``./mlflow.db`` by default); what each printed."""
+    env = {**os.environ, "TRACELET_JOURNAL": "0", **environ}
+    started = [
+        subprocess.Popen(
+            [sys.executable, "-c", SWEEP_JOB, str(i), str(points)],
+            cwd=directory,
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(jobs)
+    ]
+    return [process.communicate(timeout=240)[0].strip() for process in started]

@@ -63,7 +63,7 @@ def test_start_returns_the_active_experiment_and_stop_is_idempotent(caplog):
     assert tracelet.stop_logging() is None
     summary = [r.getMessage() for r in caplog.records if r.getMessage().startswith("mlflow: ")]
     assert len(summary) == 1
-    assert "1 events sent, 0 dropped, 0 failed" in summary[0]
+    assert summary[0].startswith("mlflow: complete, 1 events sent, peak queue ")
     assert "mlflow ui --backend-store-uri sqlite:///" in summary[0]
 
 

@@ -23,6 +23,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tracelet.backends import mlflow_sqlite
+from tracelet.backends.base import RunGone, WriteInterrupted
 from tracelet.backends.mlflow import MLflowBackend
 from tracelet.backends.mlflow_sqlite import LocalStore, Point
 from tracelet.events import Artifact, Metric, Params, Tags
@@ -228,13 +229,19 @@ def test_a_transaction_failing_part_way_writes_nothing_and_log_batch_takes_the_b
     assert calls[0] == 1 and direct._local.enabled  # a locked database is worth another try next time
 
 
-def test_a_run_deleted_meanwhile_is_refused_as_mlflow_refuses_it(store, monkeypatch):
+def test_a_run_deleted_meanwhile_is_gone_for_both_paths(store, monkeypatch):
+    """A deleted run is not an entry MLflow refuses but a run that no longer exists: both paths
+    say so once (``RunGone``) instead of having every later point refused one by one."""
     direct, _ = _open(store, True, monkeypatch)
     plain, _ = _open(store, False, monkeypatch)
     for backend in (direct, plain):
         backend._client.delete_run(backend._run_id)
     batch = [Metric("loss", 1.0, 0, T0), Metric("loss", 2.0, 1, T0)]
-    assert direct.write(list(batch)) == plain.write(list(batch)) == {"refused by MLflow": 2}
+    for backend in (direct, plain):
+        with pytest.raises(WriteInterrupted) as raised:
+            backend.write(list(batch))
+        assert isinstance(raised.value.cause, RunGone), raised.value.cause
+        assert raised.value.written == 0
 
 
 def _rebuild_with_required_column(path: str, table: str) -> None:

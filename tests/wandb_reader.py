@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 
 BLOCK = 32 * 1024
@@ -48,9 +49,28 @@ def records(path: Path):
         yield record
 
 
-def read_run(run_dir: Path) -> dict:
-    """history rows, config, summary, run name/project, define_metric calls and exit code."""
+def read_run(run_dir: Path, settle_s: float = 15.0) -> dict:
+    """history rows, config, summary, run name/project, define_metric calls and exit code.
+
+    ``run.finish()`` can return before W&B's service process has written the last records, so
+    a file without its exit record is read again until it has one, or until its size has not
+    changed for a second (a run that was killed has none), within ``settle_s``."""
     (path,) = Path(run_dir).glob("run-*.wandb")
+    deadline, size, since = time.monotonic() + settle_s, -1, time.monotonic()
+    while True:
+        try:
+            result = _parse(path)
+        except Exception:  # a record half-written right now
+            result = None
+        now = time.monotonic()
+        if path.stat().st_size != size:
+            size, since = path.stat().st_size, now
+        if (result is not None and result["exit_code"] is not None) or now - since > 1.0 or now > deadline:
+            return result if result is not None else _parse(path)
+        time.sleep(0.05)
+
+
+def _parse(path: Path) -> dict:
     result: dict = {"history": [], "config": {}, "metrics": [], "exit_code": None, "summary": {}}
     for record in records(path):
         kind = record.WhichOneof("record_type")

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from tracelet import _log
+from tracelet import _log, journal
 from tracelet.backends.base import BackendSpec, RunInfo
 from tracelet.dispatcher import Control, Init, Reply
 from tracelet.events import Event, Metrics, RunEnd
@@ -89,11 +89,15 @@ class EventBus:
         self._stopping = False
         self._dead = False  # the writer is gone: everything from now on is dropped, counted
         self._forked = False
-        self.dropped: dict[str, int] = {}
+        self.dropped: dict[str, int] = {}  # reason -> points lost on the way, every backend's loss
+        self.invalid: dict[str, int] = {}  # reason -> the user's inputs refused before they became events
         self._drop_lock = threading.Lock()  # the training, sender and reply threads all count drops
         self._names = [spec.name for spec in backends]
         self._stats: dict[str, BackendStats] = {name: BackendStats(name) for name in self._names}
         self._stats_lock = threading.Lock()
+        self._closed = False  # the writer's final report arrived
+        self._shipped = 0  # points written to the writer; what no backend accounts for died with it
+        self._context_events: dict[str, int] = {}  # events the writer added itself (git, environment)
         self._tokens = itertools.count(1)
         self._waiting: dict[int, tuple[threading.Event, list[Reply]]] = {}
         self._transport: Any = None
@@ -129,12 +133,16 @@ class EventBus:
         started = time.monotonic()
         if not (self._dead or self._forked):
             self._buffer.append(RunEnd(status))
-        outcome = self._request("shutdown", timeout)
+        with self._drop_lock:
+            upstream = {"dropped": dict(self.dropped), "invalid": dict(self.invalid)}
+        outcome = self._request("shutdown", timeout, upstream)
         self._stopping = True
         self._wake.set()
         self._sender.join(max(0.05, timeout - (time.monotonic() - started)))
         self._transport.close()
         _live_buses.discard(self)
+        if self._dead and not self._forked:
+            self._record_in_journal(status, outcome.stats)
         return outcome
 
     def stats(self) -> dict[str, BackendStats]:
@@ -146,12 +154,32 @@ class EventBus:
                 name: dataclasses.replace(s, reasons=dict(s.reasons)) for name, s in self._stats.items()
             }
             for stats in result.values():
+                if self._dead and not self._forked:
+                    self._count_lost_with_writer(stats)
                 for reason, count in self.dropped.items():
                     stats.drop(count, reason)
+                for reason, count in self.invalid.items():
+                    stats.reject_input(count, reason)
         return result
 
+    def _count_lost_with_writer(self, stats: BackendStats) -> None:
+        """What reached the dead writer but no backend accounted for (its queues, the pipe, and what
+        was written after its last report) is lost: counted, so the run never reads as complete."""
+        accounted = stats.sent + stats.refused + stats.failed + stats.dropped
+        lost = self._shipped + self._context_events.get(stats.name, 0) - accounted
+        stats.pending = 0
+        if lost > 0:
+            stats.drop(lost, "writer process exited")
+        if stats.state in ("starting", "open"):
+            stats.state = "lost"
+
+    def count_invalid(self, count: int, reason: str) -> None:
+        """Count inputs refused before they became events (a metric value that is not a number)."""
+        with self._drop_lock:
+            self.invalid[reason] = self.invalid.get(reason, 0) + count
+
     # -- internals ----------------------------------------------------------------------
-    def _request(self, kind: str, timeout: float) -> Outcome:
+    def _request(self, kind: str, timeout: float, payload: Any = None) -> Outcome:
         if self._dead or self._forked:
             return Outcome(False, self.stats())
         started = time.monotonic()
@@ -160,7 +188,7 @@ class EventBus:
         replies: list[Reply] = []
         self._waiting[token] = (answered, replies)
         writer_deadline = time.time() + timeout * _REPLY_MARGIN
-        self._buffer.append(Control(kind, token, writer_deadline))
+        self._buffer.append(Control(kind, token, writer_deadline, payload))
         self._wake.set()
         answered.wait(max(0.0, timeout - (time.monotonic() - started)))
         self._waiting.pop(token, None)
@@ -192,9 +220,12 @@ class EventBus:
                 chunk = self._next_chunk(taken)
                 if not chunk:
                     continue
+                points = sum(map(_points, chunk))
+                self._shipped += points  # before sending: a frame the writer dies on is lost, not unknown
                 try:
                     self._transport.send(chunk)
                 except Exception as err:  # the writer died or its pipe broke
+                    self._shipped -= points  # counted as dropped by _writer_lost instead
                     self._writer_lost(chunk, err)
             if self._stopping and not buffer:
                 return
@@ -249,16 +280,27 @@ class EventBus:
         self._dead = True
         self._count_drop(sum(_points(item) for item in chunk), "writer process exited")
         self._drop_buffered()
-        log.warning(
-            "tracelet's writer stopped accepting events (%s); the rest of this run is counted as dropped", err
+        _log.warn_once(
+            "writer-exit",
+            "tracelet's writer stopped accepting events (%s); the rest of this run is counted as dropped",
+            err,
+            log=log,
         )
         self._release_waiters()
 
-    def _on_writer_exit(self) -> None:
+    def _on_writer_exit(self, code: int | None) -> None:
         if not self._stopping:
             self._dead = True
             self._drop_buffered()
             self._release_waiters()
+            _log.warn_once(
+                "writer-exit",
+                "tracelet's writer process exited unexpectedly (exit code %s): training goes on, and what "
+                "the backends did not receive is counted as lost ('writer process exited'); the journal "
+                "keeps what reached it",
+                code,
+                log=log,
+            )
 
     def _drop_buffered(self) -> None:
         """Count what waits in the buffer as lost to the writer's death, and empty it.
@@ -278,6 +320,16 @@ class EventBus:
         if lost:
             self._count_drop(lost, "writer process exited")
 
+    def _record_in_journal(self, status: str, stats: dict[str, BackendStats]) -> None:
+        """The writer cannot close the journal any more: its run's end and delivery are written here."""
+        location = stats["journal"].location if "journal" in stats else None
+        if location is None:
+            return
+        try:
+            journal.record_end_without_writer(location.uri, status, stats)
+        except (OSError, ValueError) as err:
+            log.warning("could not record the run's end in its journal %s: %s", location.uri, err)
+
     def _release_waiters(self) -> None:
         for answered, _ in list(self._waiting.values()):
             answered.set()
@@ -288,7 +340,13 @@ class EventBus:
             logging.getLogger(name).log(level, message)
             return
         with self._stats_lock:
+            if reply.kind == "closed":
+                self._closed = True
+            elif reply.kind == "stats" and self._closed:
+                return  # a progress report overtaken by the final one
             self._stats.update(reply.stats)
+            if reply.kind == "opened" and isinstance(reply.payload, int):
+                self._context_events.update(dict.fromkeys(reply.stats, reply.payload))
         waiter = self._waiting.get(reply.token)
         if waiter is not None:
             waiter[1].append(reply)

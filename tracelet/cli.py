@@ -65,7 +65,11 @@ def _parser() -> argparse.ArgumentParser:
     replay = commands.add_parser("replay", help="re-send journaled runs to a backend")
     replay.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run directory of the journal")
     replay.add_argument("--backend", required=True, help="backend name or comma list")
-    replay.add_argument("--backend-url", help="tracking URI or host (default: the backend's own default)")
+    replay.add_argument(
+        "--backend-url",
+        help="tracking URI or host (default: where the run was meant to go: "
+        "its backend_url, or the MLflow store it used)",
+    )
     replay.set_defaults(handler=_replay)
     return parser
 
@@ -160,8 +164,7 @@ def _delivery_summary(record: journal.Journal) -> str:
     for name, entry in sorted(record.delivery.items()):
         if name == "journal":
             continue
-        complete = entry.get("state") == "closed" and not entry.get("failed") and not entry.get("pending")
-        parts.append(f"{name} {'complete' if complete else 'INCOMPLETE'}")
+        parts.append(journal.delivery_summary(name, entry))
     return ", ".join(parts) or "-"
 
 

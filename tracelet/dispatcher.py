@@ -39,7 +39,7 @@ class Init(NamedTuple):
 
 
 class Reply(NamedTuple):
-    kind: str  # "opened", "flushed", "closed", "log"
+    kind: str  # "opened", "stats", "flushed", "closed", "log"
     token: int
     stats: dict[str, BackendStats]
     done: bool
@@ -54,6 +54,8 @@ class Dispatcher:
         self._scratch = ""
         self._console: str | None = None
         self._backends = 0
+        self._context_events = 0  # events added here (git, environment): the bus counts what it sent
+        self._upstream: dict[str, dict[str, int]] = {}  # the training process's own drop counts
         self._opened = 0
         self._opened_lock = threading.Lock()
         self.all_opened = threading.Event()  # every backend is open (or gave up opening)
@@ -105,6 +107,7 @@ class Dispatcher:
             self._answer_when(control, "flushed", markers)
         elif control.kind == "shutdown":
             self._ended = True
+            self._upstream = control.payload or {}
             self._answer_when(control, "closed", [w.finished for w in self._workers])
         else:
             log.warning("ignoring an unknown control request %r", control.kind)
@@ -119,6 +122,7 @@ class Dispatcher:
         except Exception as err:  # context is a bonus; the run goes on without it
             log.warning("could not gather git/environment context: %s: %s", type(err).__name__, err)
             run, first_events = init.run, []
+        self._context_events = len(first_events)
         self._backends = len(init.backends)
         if not init.backends:
             self.all_opened.set()
@@ -129,34 +133,48 @@ class Dispatcher:
                 run,
                 init.capacity,
                 on_opened=self._on_opened,
-                journal=self._journal_dir,
+                journal=self._whole_journal,
             )
             self._workers.append(worker)
             worker.submit(first_events)
             worker.start()
 
     def _on_opened(self, stats: BackendStats) -> None:
-        self._reply(Reply("opened", 0, {stats.name: stats}, True))
+        self._reply(Reply("opened", 0, {stats.name: stats}, True, self._context_events))
         with self._opened_lock:
             self._opened += 1
             if self._opened >= self._backends:
                 self.all_opened.set()
 
-    def _journal_dir(self) -> str | None:
+    def _journal_stats(self) -> BackendStats | None:
         for worker in self._workers:
-            location = worker.stats.location
-            if location is not None and location.backend == "journal":
-                return location.uri
+            stats = worker.snapshot()
+            if stats.location is not None and stats.location.backend == "journal":
+                return stats
         return None
+
+    def _whole_journal(self) -> str | None:
+        """This run's journal directory, while the journal holds every event so far (replay advice)."""
+        stats = self._journal_stats()
+        if stats is None or stats.state not in ("open", "closed") or stats.dropped or stats.failed:
+            return None
+        return stats.location.uri if stats.location is not None else None
 
     def _record_delivery(self) -> None:
         """The journal learns what every backend received (``tracelet runs`` shows it)."""
-        directory = self._journal_dir()
-        if directory is None:
+        journal_stats = self._journal_stats()
+        if journal_stats is None or journal_stats.location is None:
             return
+        directory = journal_stats.location.uri
         from tracelet import journal
 
-        delivery = {name: journal.delivery_entry(stats) for name, stats in self.stats().items()}
+        delivery = {}
+        for name, stats in self.stats().items():
+            for reason, count in self._upstream.get("dropped", {}).items():
+                stats.drop(count, reason)
+            for reason, count in self._upstream.get("invalid", {}).items():
+                stats.reject_input(count, reason)
+            delivery[name] = journal.delivery_entry(stats)
         try:
             journal.write_json(os.path.join(directory, journal.DELIVERY_FILE), delivery)
         except OSError as err:

@@ -219,7 +219,7 @@ class Experiment:
     def _drop(self, reason: str, cause: str, message: str, *args: object) -> None:
         """Count one input that is not logged under ``reason``; warn the first time ``cause`` is seen."""
         if self._bus is not None:
-            self._bus._count_drop(1, reason)
+            self._bus.count_invalid(1, reason)
         _log.warn_once(cause, message, *args, log=log)
 
     def _mark_status(self, status: str, exc: BaseException | None = None) -> None:
@@ -255,19 +255,30 @@ def _name_for_message(name: Any) -> str:
 
 
 def _summary_line(stats: BackendStats, all_done: bool) -> str:
-    parts = [
-        f"{stats.name}: {stats.sent} events sent, {stats.dropped} dropped, {stats.failed} failed, "
-        f"peak queue {stats.high_water}"
-    ]
+    """``mlflow: complete, 8000 events sent, peak queue 812 - run 1f3c…: <how to view it>``; an
+    incomplete delivery names what is missing, by reason."""
+    parts = [f"{stats.name}: {'complete' if stats.complete else 'INCOMPLETE'}, {stats.sent} events sent"]
+    for label, count in (
+        ("dropped", stats.dropped),
+        ("refused", stats.refused),
+        ("failed", stats.failed),
+        ("pending", stats.pending),
+        ("invalid inputs", stats.invalid),
+    ):
+        if count:
+            parts.append(f"{count} {label}")
+    text = ", ".join(parts) + f", peak queue {stats.high_water}"
     if stats.reasons:
-        parts.append("(" + ", ".join(f"{reason}: {n}" for reason, n in sorted(stats.reasons.items())) + ")")
+        text += " (" + ", ".join(f"{reason}: {n}" for reason, n in sorted(stats.reasons.items())) + ")"
     if stats.state == "failed":
-        parts.append(f"- disabled: {stats.error}")
+        text += f" - disabled: {stats.error}"
+    elif stats.state == "lost":
+        text += " - tracelet's writer process exited"
     elif stats.state not in ("closed",) and not all_done:
-        parts.append(f"- did not finish in time ({stats.pending} events pending, state {stats.state})")
+        text += f" - did not finish in time ({stats.pending} events pending, state {stats.state})"
     if stats.location is not None:
-        parts.append(f"- run {stats.location.run_id}: {stats.location.view}")
-    return " ".join(parts)
+        text += f" - run {stats.location.run_id}: {stats.location.view}"
+    return text
 
 
 __all__ = ["FAILED", "FINISHED", "KILLED", "RUNNING", "Experiment", "RunReport"]

@@ -158,17 +158,45 @@ def find(journal_dir: str | os.PathLike[str]) -> list[Journal]:
 
 
 def delivery_entry(stats: Any) -> dict[str, Any]:
-    """What ``delivery.json`` keeps of a backend's ``BackendStats``."""
+    """What ``delivery.json`` keeps of a backend's ``BackendStats``, ``uri`` (the store the run
+    went to: replay goes there by default) included."""
     return {
         "state": stats.state,
+        "complete": stats.complete,
         "sent": stats.sent,
         "dropped": stats.dropped,
+        "refused": stats.refused,
         "failed": stats.failed,
         "pending": stats.pending,
+        "invalid": stats.invalid,
         "reasons": stats.reasons,
         "run_id": stats.location.run_id if stats.location else None,
+        "uri": stats.location.uri if stats.location else None,
         "error": stats.error,
     }
+
+
+MISSING = ("dropped", "refused", "failed", "pending")  # what makes a delivery incomplete
+
+
+def delivery_summary(name: str, entry: dict[str, Any]) -> str:
+    """``mlflow complete`` or ``mlflow INCOMPLETE (120 dropped, 1 refused)``."""
+    missing = [f"{entry[key]} {key}" for key in MISSING if entry.get(key)]
+    complete = entry.get("state") == "closed" and not missing and entry.get("complete", True)
+    if complete:
+        return f"{name} complete"
+    return f"{name} INCOMPLETE" + (f" ({', '.join(missing)})" if missing else f" ({entry.get('state')})")
+
+
+def record_end_without_writer(directory: str, status: str, stats: dict[str, Any]) -> None:
+    """The writer process died before the run ended: the training process records the run's real
+    end in ``run.json`` and what each backend lacks in ``delivery.json``."""
+    run_file = os.path.join(directory, RUN_FILE)
+    with open(run_file, encoding="utf-8") as handle:
+        meta = json.load(handle)
+    meta.update(status=status, ended_at=time.time(), writer_exited_early=True)
+    write_json(run_file, meta)
+    write_json(os.path.join(directory, DELIVERY_FILE), {name: delivery_entry(s) for name, s in stats.items()})
 
 
 def write_json(path: str, data: Any) -> None:

@@ -30,8 +30,12 @@ def replay(
 ) -> dict[str, BackendStats]:
     """Send every event of the journal at ``path`` to each of ``backend_names``; returns their stats.
 
-    Raises ``ConfigError`` for an unknown or uninstalled backend and ``FileNotFoundError`` /
-    ``ValueError`` for a path that is not a journaled run.
+    Each backend gets the run where it was meant to go: ``backend_url`` when given, else the
+    ``backend_url`` the run was started with, else (MLflow) the tracking URI it used — so a run
+    that missed a server during an outage lands in that server, not in ``./mlflow.db``. The run
+    keeps its original start and end times and status. Raises ``ConfigError`` for an unknown or
+    uninstalled backend and ``FileNotFoundError`` / ``ValueError`` for a path that is not a
+    journaled run.
     """
     record = journal.load(path)
     specs = base.resolve(tuple(n for n in backend_names if n != "journal"))
@@ -46,9 +50,15 @@ def replay(
         settings=meta.get("settings") or {},
         argv=tuple(meta.get("argv") or ()),
         git=GitInfo(**meta["git"]) if meta.get("git") else None,
+        ended_at=meta.get("ended_at"),
     )
     workers = [
-        BackendWorker(spec.name, lambda spec=spec: base.load(spec), run, capacity=2 * MAX_PENDING + CHUNK)
+        BackendWorker(
+            spec.name,
+            lambda spec=spec: base.load(spec),
+            run._replace(backend_url=backend_url or recorded_url(record, spec.name)),
+            capacity=2 * MAX_PENDING + CHUNK,
+        )
         for spec in specs
     ]
     for worker in workers:
@@ -71,6 +81,18 @@ def replay(
     stats = {w.name: w.snapshot() for w in workers}
     _remember(record, stats)
     return stats
+
+
+def recorded_url(record: journal.Journal, backend: str) -> str | None:
+    """Where the run was meant to go in ``backend``: the ``backend_url`` it was started with, else
+    the tracking URI MLflow resolved (``MLFLOW_TRACKING_URI``, or the absolute ``./mlflow.db``)."""
+    configured = (record.run.get("settings") or {}).get("backend_url")
+    if configured:
+        return str(configured)
+    if backend == "mlflow":
+        uri = (record.delivery.get("mlflow") or {}).get("uri")
+        return str(uri) if uri else None
+    return None
 
 
 def _submit(workers: list[BackendWorker], events: list, bar: _Progress) -> None:

@@ -81,7 +81,7 @@ class ThreadTransport:
 class ProcessTransport:
     """The dispatcher in a writer process started now, so it is warm before training."""
 
-    def __init__(self, on_reply: Callable[[Reply], None], on_exit: Callable[[], None]) -> None:
+    def __init__(self, on_reply: Callable[[Reply], None], on_exit: Callable[[int | None], None]) -> None:
         data_read, data_write = os.pipe()
         reply_read, reply_write = os.pipe()
         env = dict(os.environ)
@@ -145,7 +145,7 @@ class ProcessTransport:
         finally:
             with contextlib.suppress(OSError):
                 self._replies.close()  # the writer is gone: do not wait for the GC to free the fd
-            self._on_exit()
+            self._on_exit(self.wait(2.0))
 
 
 def _stderr_fd() -> int | None:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tracelet import _log
-from tracelet.backends.base import Backend, RunInfo, RunLocation, WriteInterrupted
+from tracelet.backends.base import Backend, RunGone, RunInfo, RunLocation, WriteInterrupted
 from tracelet.events import Event, RunEnd
 
 log = _log.get_logger(__name__)
@@ -28,7 +28,14 @@ RETRY_DELAYS_S = (1.0, 2.0, 4.0)  # before each retry of a failed open or write;
 
 @dataclasses.dataclass
 class BackendStats:
-    """What happened to the events addressed to one backend."""
+    """What happened to the events addressed to one backend.
+
+    Every event tracelet accepted ends in exactly one of ``sent``, ``dropped`` (lost on the
+    way: a full queue, a dead writer), ``refused`` (the backend would not store that entry),
+    ``failed`` (the backend or its run was given up) or ``pending`` (not handled when asked).
+    ``invalid`` counts the user's inputs refused at the door (a metric that is not a number):
+    they never were events, so they do not make a delivery incomplete.
+    """
 
     name: str
     state: str = "starting"  # starting, open, failed, closed
@@ -40,13 +47,31 @@ class BackendStats:
     reasons: dict[str, int] = dataclasses.field(default_factory=dict)
     location: RunLocation | None = None
     error: str | None = None
+    refused: int = 0
+    invalid: int = 0
 
     def drop(self, count: int, reason: str) -> None:
         self.dropped += count
-        self.reasons[reason] = self.reasons.get(reason, 0) + count
+        self._because(count, reason)
 
     def fail(self, count: int, reason: str) -> None:
         self.failed += count
+        self._because(count, reason)
+
+    def refuse(self, count: int, reason: str) -> None:
+        self.refused += count
+        self._because(count, reason)
+
+    def reject_input(self, count: int, reason: str) -> None:
+        self.invalid += count
+        self._because(count, reason)
+
+    @property
+    def complete(self) -> bool:
+        """The backend closed its run holding every event tracelet accepted."""
+        return self.state == "closed" and not (self.dropped or self.refused or self.failed or self.pending)
+
+    def _because(self, count: int, reason: str) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + count
 
 
@@ -98,6 +123,7 @@ class BackendWorker:
                 ends = [e for e in events if isinstance(e, RunEnd)]
                 if ends and stats.state == "failed":
                     self._items.append(ends)  # the thread still has to see the end of the run
+                    stats.pending += len(ends)
                     self._cond.notify()
                 return
             room = self._capacity - stats.pending
@@ -249,7 +275,8 @@ class BackendWorker:
             self.stats.pending = sum(len(i) for i in kept if not isinstance(i, _Marker))
 
     def _replay_advice(self) -> str:
-        location = self._journal() if self._journal is not None else None
+        """How to send this run again from the journal: only while the journal itself is whole."""
+        location = self._journal() if self._journal is not None and self.name != "journal" else None
         if location is None:
             return ""
         return f". The journal keeps every event: tracelet replay {location} --backend {self.name}"
@@ -302,10 +329,13 @@ class BackendWorker:
                 failure: Exception = err.cause if isinstance(err.cause, Exception) else err
             except Exception as err:
                 failure = err
+            if isinstance(failure, RunGone):  # retrying cannot bring it back
+                self._give_up(batch, failure, "run gone")
+                return None
             if self._retry_after(attempt, failure, "write"):
                 attempt += 1
                 continue
-            self._give_up(batch, failure)
+            self._give_up(batch, failure, f"write error: {type(failure).__name__}")
             return None
         rejected = {"rejected by backend": outcome} if isinstance(outcome, int) else dict(outcome or {})
         self._count_written(len(batch), rejected)
@@ -316,13 +346,21 @@ class BackendWorker:
             self.stats.sent += count - sum(rejected.values())
             for reason, number in rejected.items():
                 if number:
-                    self.stats.drop(number, reason)
+                    self.stats.refuse(number, reason)
 
-    def _give_up(self, batch: list[Event], err: Exception) -> None:
-        reason = f"write error: {type(err).__name__}"
+    def _give_up(self, batch: list[Event], err: Exception, reason: str) -> None:
         with self._cond:
             self.stats.fail(len(batch), reason)
         self._disable(f"write failed: {type(err).__name__}: {err}", reason, counts_as_failed=True)
+        if isinstance(err, RunGone):
+            log.warning(
+                "backend %r: %s. Nothing more is sent there for this run; what it did not receive is "
+                "counted as failed%s",
+                self.name,
+                err,
+                self._replay_advice(),
+            )
+            return
         log.warning(
             "backend %r failed to write (%s: %s) after %d attempts and is disabled for this run; "
             "what it did not receive is counted as failed%s",

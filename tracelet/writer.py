@@ -24,6 +24,7 @@ from tracelet.transport import read_events, write_frame
 
 WRITER_NICENESS = 10
 ABANDON_GRACE_S = 30.0  # how long backends may take to close after the training process vanished
+STATS_INTERVAL_S = 1.0  # how stale the training process's view of delivery may be if this process dies
 GC_DEFERRED_MAX_S = 60.0  # the garbage collector is back on by then, even if a backend is still opening
 
 
@@ -72,6 +73,7 @@ def main(argv: list[str]) -> int:
 
     dispatcher = Dispatcher(reply)
     _defer_garbage_collection(dispatcher.all_opened)
+    _report_progress(dispatcher, channel, closed)
     stream = os.fdopen(data_fd, "rb")
     try:
         while True:
@@ -87,6 +89,21 @@ def main(argv: list[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # backend SDKs may leave non-daemon threads behind; the runs are closed
+
+
+def _report_progress(dispatcher: Dispatcher, channel: _ReplyChannel, closed: threading.Event) -> None:
+    """Every second, what each backend has stored: if this process is killed, the training process
+    still knows what was delivered and counts the rest as lost, instead of guessing."""
+
+    def loop() -> None:
+        last: dict = {}
+        while not closed.wait(STATS_INTERVAL_S) and not dispatcher.ended:
+            stats = dispatcher.stats()
+            if stats != last:
+                channel.send(Reply("stats", 0, stats, True))
+                last = stats
+
+    threading.Thread(target=loop, name="tracelet-progress", daemon=True).start()
 
 
 def _defer_garbage_collection(opened: threading.Event) -> None:

@@ -12,9 +12,12 @@ A backend is a class with three methods, called on the backend's own worker thre
 rejected under its own rules (an int, or a dict reason -> count). Raising makes the worker
 retry the batch after a backoff: a backend that stored part of it first raises
 ``WriteInterrupted(written, rejected, cause)`` so the retry sends only the rest and no point
-is stored twice. Backends adapt names and values to their own limits and warn once per cause
-through ``logging``. Third-party backends register the class under the entry-point group
-``tracelet.backends``.
+is stored twice. Raising ``RunGone`` (the run or the store was deleted under it) gives the
+backend up for the run at once. An entry the backend cannot store (an artifact its store
+refuses, a param it rejects) is a refusal counted in the return value, never an exception:
+one bad entry must not cost the metrics around it. Backends adapt names and values to their
+own limits and warn once per cause through ``logging``. Third-party backends register the
+class under the entry-point group ``tracelet.backends``.
 
 Backends are imported only from installed packages and from directories the user put on
 ``PYTHONPATH``: never from the working directory, the home directory or the running script's
@@ -31,6 +34,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
+from tracelet import _log
 from tracelet.config import ConfigError
 from tracelet.events import Event
 
@@ -52,6 +56,7 @@ class RunInfo(NamedTuple):
     argv: tuple[str, ...] = ()  # the training process's command line
     git: Any = None  # collectors.git.GitInfo, filled in by the writer before backends open
     console_path: str | None = None  # the training process's console.log, uploaded if it dies
+    ended_at: float | None = None  # set by replay: close the run with its original end time
 
 
 class RunLocation(NamedTuple):
@@ -80,6 +85,68 @@ class WriteInterrupted(Exception):
         self.written = written
         self.rejected = dict(rejected or {})
         self.cause = cause
+
+
+class RunGone(Exception):
+    """The backend's run, or its whole store, no longer exists (deleted, purged, the database file
+    removed): nothing more can be written there. The worker gives the backend up at once, with
+    one warning, instead of retrying or having every later entry refused one by one."""
+
+
+def count_refused_artifact(store: str, event: Any, err: Exception, rejected: dict[str, int]) -> None:
+    """Inside ``except``: an artifact the store refused is counted in ``rejected`` with one
+    warning; a store that cannot be reached re-raises ``err`` (the worker retries, then gives up)."""
+    if store_unreachable(err):
+        raise err
+    rejected["artifact refused"] = rejected.get("artifact refused", 0) + 1
+    _log.warn_once(
+        f"artifact-refused:{store}",
+        "%s did not store the artifact %r (%s); metrics and the rest go on, the journal keeps the "
+        "file. Later refused artifacts are counted in the stop summary ('artifact refused')",
+        store,
+        os.path.basename(str(event.path).rstrip("/")),
+        short_error(err),
+        log=_log.get_logger(__name__),
+    )
+
+
+_NETWORK_ERRORS = {
+    "ConnectionError",
+    "Timeout",
+    "TimeoutError",
+    "ConnectTimeout",
+    "ReadTimeout",
+    "MaxRetryError",
+    "NewConnectionError",
+    "ProtocolError",
+}
+
+
+def store_unreachable(err: BaseException) -> bool:
+    """The store could not be reached or failed itself (network error, HTTP 5xx or 429), as opposed
+    to refusing this one entry. MLflow wraps a failed request in ``MlflowException("API request to
+    ... failed")``, so the whole cause chain is looked at."""
+    seen: BaseException | None = err
+    for _ in range(8):
+        if seen is None:
+            return False
+        if {kind.__name__ for kind in type(seen).__mro__} & _NETWORK_ERRORS:
+            return True
+        response = getattr(seen, "response", None)
+        status = getattr(response, "status_code", None)
+        if isinstance(status, int) and (status >= 500 or status == 429):
+            return True
+        if str(seen).startswith("API request to"):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def short_error(err: BaseException) -> str:
+    """The first line of an error, within 200 characters (the details are at DEBUG)."""
+    _log.get_logger(__name__).debug("full error", exc_info=err)
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return first if len(first) <= 200 else first[:197] + "..."
 
 
 class _Builtin(NamedTuple):

@@ -18,7 +18,7 @@ import os
 from typing import Any
 
 from tracelet import _log
-from tracelet.backends.base import WRITER_ENV, RunInfo, RunLocation, WriteInterrupted
+from tracelet.backends.base import WRITER_ENV, RunInfo, RunLocation, WriteInterrupted, count_refused_artifact
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 from tracelet.values import flatten
 
@@ -167,7 +167,10 @@ class ClearMLBackend:
                 name = "/".join(
                     p for p in (event.artifact_path, os.path.basename(event.path.rstrip("/"))) if p
                 )
-                self._task.upload_artifact(name, artifact_object=event.path, wait_on_upload=True)
+                try:
+                    self._task.upload_artifact(name, artifact_object=event.path, wait_on_upload=True)
+                except Exception as err:  # the store's failure goes up, a refusal is counted
+                    count_refused_artifact("ClearML", event, err, rejected)
             else:
                 rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
         elif not isinstance(event, RunEnd):

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from tracelet import _log
-from tracelet.backends.base import RunInfo, RunLocation, WriteInterrupted
+from tracelet.backends.base import RunGone, RunInfo, RunLocation, WriteInterrupted, count_refused_artifact
 from tracelet.backends.mlflow_sqlite import (
     KEY_CHARACTERS,
     MAX_KEY,
@@ -35,6 +35,9 @@ from tracelet.backends.mlflow_sqlite import (
     LocalRun,
     LocalStore,
     Point,
+    file_identity,
+    store_lock,
+    store_path,
 )
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 from tracelet.values import flatten
@@ -130,9 +133,22 @@ class MLflowBackend:
         self._tag_keys = KeyNamer("tag")
         self._params_sent: dict[str, str] = {}
         self._last_point: dict[str, tuple[int, int, float]] = {}
+        self._store_file: str | None = None  # a local SQLite store: it must still be there to be written
+        self._store_identity: tuple[int, int] | None = None
+        self._ended_at: float | None = None
 
     def open(self, run: RunInfo) -> RunLocation:
         uri = self._uri = default_tracking_uri(run.backend_url)
+        self._ended_at = run.ended_at
+        path = self._store_file = store_path(uri)
+        if path is None:
+            return self._open(run, uri)
+        with store_lock(path):  # one process at a time creates, migrates or adds to a new store
+            location = self._open(run, uri)
+        self._store_identity = file_identity(path)
+        return location
+
+    def _open(self, run: RunInfo, uri: str) -> RunLocation:
         experiment_name = run.project or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "Default"
         tags = {"tracelet.run_uid": run.run_uid, **_native_tags(run)}
         start_ms = int(run.started_at * 1000)
@@ -241,12 +257,20 @@ class MLflowBackend:
         return committed
 
     def close(self, status: str) -> None:
+        end_ms = int((self._ended_at or time.time()) * 1000)
         if self._local is not None:
-            ended = self._local.terminate(status, int(time.time() * 1000))
+            ended = self._local.terminate(status, end_ms)
             self._local.close()
             if ended:
                 return
-        self._client.set_terminated(self._run_id, status)
+        self._check_store()
+        self._client.set_terminated(self._run_id, status, end_time=end_ms)
+
+    def _check_store(self) -> None:
+        """Before MLflow's client touches a local store: a deleted database file is the run gone,
+        never a fresh empty store silently created at the same path."""
+        if self._store_file is not None and file_identity(self._store_file) != self._store_identity:
+            raise RunGone(f"the MLflow store {self._store_file} was deleted or replaced during the run")
 
     # -- internals ----------------------------------------------------------------------
     def _timestamp_ms(self, key: str, event: Metric, step: int) -> int:
@@ -317,11 +341,13 @@ class MLflowBackend:
             chunk_metrics = [MlflowMetric(*point) for point in points]
             entity_params = [Param(k, v) for k, v in chunk_params]
             entity_tags = [RunTag(k, v) for k, v in chunk_tags]
+            self._check_store()
             try:
                 self._client.log_batch(
                     self._run_id, metrics=chunk_metrics, params=entity_params, tags=entity_tags
                 )
             except MlflowException as err:
+                self._raise_if_gone(err)
                 if not _is_refusal(err) or len(chunk_metrics) + len(chunk_params) + len(chunk_tags) == 1:
                     raise  # the server is unreachable or failing: the worker retries, then gives up
                 log.debug("log_batch refused (%s); isolating the bad entries", err)
@@ -339,6 +365,7 @@ class MLflowBackend:
             try:
                 self._client.log_batch(self._run_id, metrics=m, params=p, tags=t)
             except MlflowException as err:
+                self._raise_if_gone(err)
                 if not _is_refusal(err):
                     raise
                 rejected["refused by MLflow"] = rejected.get("refused by MLflow", 0) + 1
@@ -352,7 +379,17 @@ class MLflowBackend:
                     family="MLflow refused-entry",
                 )
 
+    def _raise_if_gone(self, err: Exception) -> None:
+        """MLflow's answer for a deleted or purged run (or experiment) becomes ``RunGone``."""
+        message = str(err)
+        if getattr(err, "error_code", None) == "RESOURCE_DOES_NOT_EXIST" or (
+            "must be in the 'active' state" in message
+        ):
+            raise RunGone(f"the MLflow run {self._run_id} no longer takes writes ({message[:200]})") from err
+
     def _log_artifact(self, event: Artifact, rejected: dict[str, int]) -> None:
+        """Upload one artifact; a store that refuses it costs that artifact only (counted, warned
+        once), a store that cannot be reached raises (the worker retries, then gives up)."""
         if not os.path.exists(event.path):
             rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
             _log.warn_once(
@@ -364,10 +401,15 @@ class MLflowBackend:
             return
         if self._local is not None and self._local.copy_artifact(event.path, event.artifact_path):
             return
-        if os.path.isdir(event.path):
-            self._client.log_artifacts(self._run_id, event.path, event.artifact_path)
-        else:
-            self._client.log_artifact(self._run_id, event.path, event.artifact_path)
+        self._check_store()
+        try:
+            if os.path.isdir(event.path):
+                self._client.log_artifacts(self._run_id, event.path, event.artifact_path)
+            else:
+                self._client.log_artifact(self._run_id, event.path, event.artifact_path)
+        except Exception as err:  # the store's failure goes up, a refusal is counted
+            self._raise_if_gone(err)
+            count_refused_artifact("MLflow", event, err, rejected)
 
 
 class _Pending:

@@ -42,10 +42,13 @@ import shutil
 import sqlite3
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlparse
+
+from tracelet.backends.base import RunGone
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ KEY_CHARACTERS = r"/\w.\- :"  # MLflow's validate_param_and_metric_name (not on 
 _VALID_KEY = re.compile(f"[{KEY_CHARACTERS}]*")  # as a full match
 _INT64 = (-(2**63), 2**63 - 1)
 _DEFAULT_WORKSPACE = "default"
+STORE_LOCK_WAIT_S = 120.0  # another process creating the store: MLflow's migrations take seconds
 _LOCK_WAIT_S = 10.0  # another writer (the MLflow UI, a second run) holds the database meanwhile
 
 # what is written, per table; every other column must take NULL or have a default
@@ -97,6 +101,46 @@ class Point(NamedTuple):
 class Experiment(NamedTuple):
     experiment_id: str
     artifact_location: str
+
+
+def file_identity(path: str) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None when there is none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return (found.st_dev, found.st_ino)
+
+
+@contextlib.contextmanager
+def store_lock(path: str, timeout: float = STORE_LOCK_WAIT_S) -> Any:
+    """Hold ``<path>.lock`` while a store is created, migrated or given a run and experiment.
+
+    MLflow itself lets every process that opens a new SQLite store run the schema migrations:
+    several jobs started at once leave a half-migrated store (``_alembic_tmp_*`` tables) that
+    no MLflow can open again. With the lock, one process migrates and the others wait for it.
+    A lock not granted within ``timeout`` raises ``TimeoutError`` (the worker retries the open).
+    """
+    try:
+        import fcntl
+    except ImportError:  # Windows: no advisory locks; MLflow's own behaviour
+        yield
+        return
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with open(path + ".lock", "a") as handle:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"another process held {path}.lock for {timeout:.0f} s") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def store_path(uri: str) -> str | None:
@@ -272,6 +316,7 @@ class LocalStore:
     def __init__(self, connection: sqlite3.Connection, path: str) -> None:
         self._connection = connection
         self.path = path
+        self._identity = file_identity(path)
 
     @classmethod
     def connect(cls, uri: str) -> LocalStore | None:
@@ -382,8 +427,15 @@ class LocalStore:
         with contextlib.suppress(sqlite3.Error):
             self._connection.close()
 
+    def check_present(self) -> None:
+        """Raise ``RunGone`` when the database file was deleted or replaced: the connection would
+        go on writing into the deleted file, where nobody will ever read it."""
+        if file_identity(self.path) != self._identity:
+            raise RunGone(f"the MLflow store {self.path} was deleted or replaced during the run")
+
     @contextlib.contextmanager
     def _transaction(self) -> Any:
+        self.check_present()
         cursor = self._connection.cursor()
         cursor.execute("BEGIN IMMEDIATE")  # the write lock now, not half-way through
         try:
@@ -437,8 +489,7 @@ class LocalRun:
             return False
         try:
             with self._store._transaction() as cursor:
-                if not self._is_active(cursor):
-                    raise _Declined("the run is not active")
+                self._check_active(cursor)
                 new_params = self._new_params(cursor, param_values)
                 if rows:
                     cursor.executemany(_insert("metrics"), rows)
@@ -511,11 +562,14 @@ class LocalRun:
             raise
         return True
 
-    def _is_active(self, cursor: sqlite3.Cursor) -> bool:
+    def _check_active(self, cursor: sqlite3.Cursor) -> None:
         found = cursor.execute(
             "SELECT lifecycle_stage FROM runs WHERE run_uuid = ?", (self.run_id,)
         ).fetchone()
-        return found is not None and found[0] == "active"
+        if found is None:
+            raise RunGone(f"the MLflow run {self.run_id} was purged from {self._store.path}")
+        if found[0] != "active":
+            raise RunGone(f"the MLflow run {self.run_id} was deleted (lifecycle stage {found[0]!r})")
 
     def _new_params(self, cursor: sqlite3.Cursor, values: Mapping[str, str]) -> dict[str, str]:
         """Params not stored yet; an identical one again is nothing, a changed one is MLflow's refusal."""

@@ -20,7 +20,7 @@ import shutil
 from typing import Any
 
 from tracelet import _log
-from tracelet.backends.base import RunInfo, RunLocation, WriteInterrupted
+from tracelet.backends.base import RunInfo, RunLocation, WriteInterrupted, count_refused_artifact
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,12 @@ class WandbBackend:
                     self._tags.update(event.values)
                     self._run.config.update({"tags": dict(self._tags)}, allow_val_change=True)
                 elif isinstance(event, Artifact):
-                    if not self._save_artifact(event):
+                    try:
+                        saved = self._save_artifact(event)
+                    except Exception as err:  # the store's failure goes up, a refusal is counted
+                        count_refused_artifact("W&B", event, err, rejected)
+                        saved = True
+                    if not saved:
                         rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
                 elif not isinstance(event, RunEnd):
                     rejected["unknown event type"] = rejected.get("unknown event type", 0) + 1
