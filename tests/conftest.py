@@ -37,3 +37,13 @@ def _isolated_run(tmp_path, monkeypatch):
     import tracelet
 
     tracelet.stop_logging(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def team_server(tmp_path_factory):
+    """``mlflow server`` on PostgreSQL with proxied artifacts, started once for the tests that
+    ask for it (~15 s) and stopped with its database at the end."""
+    from team_server import TeamServer
+
+    with TeamServer(tmp_path_factory.mktemp("team-server")) as server:
+        yield server
