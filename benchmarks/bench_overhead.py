@@ -10,11 +10,18 @@ printed with a bootstrap interval.
 
     python benchmarks/bench_overhead.py                 # 2000 steps, 5 rounds
     python benchmarks/bench_overhead.py --steps 200 --rounds 1   # a smoke run
+    python benchmarks/bench_overhead.py --server        # against a team's MLflow server
+
+``--server`` starts the test suite's team server (PostgreSQL + ``mlflow server`` with proxied
+artifacts on 127.0.0.1, ``tests/team_server.py``), compares tracelet and Lightning's
+``MLFlowLogger`` writing into it, and then measures the sustained points/s tracelet's writer
+puts into the server and the server's own ``log_batch`` rate, which bounds it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -35,13 +42,23 @@ CONFIGS = {
     "tracelet-mlflow": "logger=False + tracelet.start_logging() -> MLflow on a local SQLite store",
     "tracelet-mlflow-warm": "the same, waiting for the backends to open before the fit (steady state)",
     "tracelet-3": "logger=False + tracelet -> MLflow + W&B + ClearML (offline), system metrics every 1 s",
+    "MLFlowLogger-server": "Lightning's MLFlowLogger against the team's MLflow server (PostgreSQL)",
+    "tracelet-server": "logger=False + tracelet.start_logging() -> the team's MLflow server (PostgreSQL)",
 }
+SERVER_CONFIGS = ["logger=False", "MLFlowLogger-server", "tracelet-server"]
 TRACELET_BACKENDS = {
     "tracelet-mlflow": ["mlflow"],
     "tracelet-mlflow-warm": ["mlflow"],
     "tracelet-3": ["mlflow", "wandb", "clearml"],
+    "tracelet-server": ["mlflow"],
 }
-TRACELET_CONFIG = {"tracelet-mlflow": {}, "tracelet-mlflow-warm": {}, "tracelet-3": {"metrics_interval": 1}}
+TRACELET_CONFIG = {
+    "tracelet-mlflow": {},
+    "tracelet-mlflow-warm": {},
+    "tracelet-3": {"metrics_interval": 1},
+    "tracelet-server": {},
+}
+SERVER_URL = "TRACELET_BENCH_SERVER"  # the measurement processes find the team server here
 
 
 def _job(config: str, steps: int, workdir: str) -> dict:
@@ -99,6 +116,8 @@ def _job(config: str, steps: int, workdir: str) -> dict:
     elif config == "MLFlowLogger":
         logger = pl.loggers.MLFlowLogger(tracking_uri=f"sqlite:///{os.path.abspath('mlflow.db')}")
         result["fit"] = fit(steps, logger)
+    elif config == "MLFlowLogger-server":
+        result["fit"] = fit(steps, pl.loggers.MLFlowLogger(tracking_uri=os.environ[SERVER_URL]))
     elif config == "WandbLogger":
         result["fit"] = fit(steps, pl.loggers.WandbLogger(project="bench", save_dir=workdir))
         import wandb
@@ -112,6 +131,7 @@ def _job(config: str, steps: int, workdir: str) -> dict:
             exp_name="bench",
             project="bench",
             backend=TRACELET_BACKENDS[config],
+            backend_url=os.environ.get(SERVER_URL) if config.endswith("-server") else None,
             config=TRACELET_CONFIG[config],
         )
         result["start"] = time.perf_counter() - started
@@ -123,6 +143,7 @@ def _job(config: str, steps: int, workdir: str) -> dict:
         result["stop"] = time.perf_counter() - started
         result["sent"] = {name: stats.sent for name, stats in report.backends.items()}
         result["dropped"] = sum(stats.dropped + stats.failed for stats in report.backends.values())
+        result["peak_queue"] = max(stats.high_water for stats in report.backends.values())
         result["done"] = report.done
     return result
 
@@ -139,6 +160,49 @@ def _measure(config: str, steps: int, workdir: str) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _server_rates(url: str, points: int) -> None:
+    """The sustained points/s tracelet's writer puts into the server, and what bounds it."""
+    import psutil
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    import tracelet
+
+    exp = tracelet.start_logging(project="bench-rate", exp_name="sustained", backend_url=url)
+    assert exp.flush(120), "the MLflow backend did not open"
+    writer = psutil.Process(exp._bus._transport.pid)
+    cpu_before = sum(writer.cpu_times()[:2])
+    started = time.perf_counter()
+    for step in range(points // 4):
+        for name in ("train/loss", "train/abs", "train/scaled", "epoch"):
+            exp.log_metric(name, step * 1e-3, iteration=step)
+    emitted = time.perf_counter() - started
+    assert exp.flush(600)
+    drained = time.perf_counter() - started
+    writer_cpu = sum(writer.cpu_times()[:2]) - cpu_before
+    stats = tracelet.stop_logging().backends["mlflow"]
+    print(
+        f"\nsustained: {points} points emitted in {emitted:.2f}s, in the server after {drained:.2f}s: "
+        f"{stats.sent / drained:,.0f} points/s (sent {stats.sent}, dropped {stats.dropped}, "
+        f"peak queue {stats.high_water}); writer CPU {writer_cpu:.2f}s = "
+        f"{writer_cpu / drained:.0%} of that time"
+    )
+
+    client = MlflowClient(url)
+    run_id = client.create_run(client.get_experiment_by_name("bench-rate").experiment_id).info.run_id
+    timings = []
+    for call in range(20):
+        batch = [Metric("probe", float(i), int(time.time() * 1000), call * 1000 + i) for i in range(1000)]
+        began = time.perf_counter()
+        client.log_batch(run_id, metrics=batch)
+        timings.append(time.perf_counter() - began)
+    per_call = statistics.median(timings)
+    print(
+        f"the server alone: log_batch of 1000 metrics median {per_call * 1000:.0f} ms = "
+        f"{1000 / per_call:,.0f} points/s for one client (MLflow's log_batch limit is 1000 metrics)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=2000)
@@ -147,9 +211,11 @@ def main() -> None:
         "--configs",
         nargs="+",
         choices=list(CONFIGS),
-        default=list(CONFIGS),
-        help="measure only these (logger=False is always measured)",
+        help="measure only these (logger=False is always measured); "
+        "default: all but the server ones, or with --server the server ones",
     )
+    parser.add_argument("--server", action="store_true", help="start a team's MLflow server and use it")
+    parser.add_argument("--rate-points", type=int, default=200_000, help="points of the --server rate probe")
     parser.add_argument("--one", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -158,9 +224,17 @@ def main() -> None:
         return
 
     byte_compile_tracelet()
-    chosen = ["logger=False", *(c for c in args.configs if c != "logger=False")]
+    default = SERVER_CONFIGS if args.server else [c for c in CONFIGS if c not in SERVER_CONFIGS[1:]]
+    chosen = ["logger=False", *(c for c in args.configs or default if c != "logger=False")]
     samples: dict[str, list[dict]] = {name: [] for name in chosen}
-    with tempfile.TemporaryDirectory() as root:
+    with tempfile.TemporaryDirectory() as root, contextlib.ExitStack() as stack:
+        if args.server or any(c in SERVER_CONFIGS[1:] for c in chosen):
+            sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+            from team_server import TeamServer
+
+            server = stack.enter_context(TeamServer(os.path.join(root, "team-server"), workers=4))
+            os.environ[SERVER_URL] = server.url
+            print(f"team server up at {server.url} (PostgreSQL)", file=sys.stderr)
         for name in CONFIGS:
             os.makedirs(os.path.join(root, name))
         for round_index in range(args.rounds):
@@ -170,7 +244,12 @@ def main() -> None:
                 workdir = os.path.join(root, name)
                 samples[name].append(_measure(name, args.steps, workdir))
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
+        _report(args, chosen, samples)
+        if args.server:
+            _server_rates(os.environ[SERVER_URL], args.rate_points)
 
+
+def _report(args: argparse.Namespace, chosen: list[str], samples: dict[str, list[dict]]) -> None:
     baseline = statistics.median(s["fit"] for s in samples["logger=False"])
     print(
         f"\ntrainer.fit of {args.steps} steps, 3 metrics/step, log_every_n_steps=1; "
@@ -197,7 +276,9 @@ def main() -> None:
         )
         sent = sorted({tuple(sorted(s["sent"].items())) for s in runs})
         print(
-            f"  events sent per run: {sent}; dropped or failed in all runs: {sum(s['dropped'] for s in runs)}"
+            f"  events sent per run: {sent}; "
+            f"dropped or failed in all runs: {sum(s['dropped'] for s in runs)}; "
+            f"peak queue median {statistics.median(s['peak_queue'] for s in runs):.0f}"
         )
 
 
