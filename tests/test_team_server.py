@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import sys
 import textwrap
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -20,7 +22,10 @@ from mlflow.tracking import MlflowClient
 
 import tracelet
 from tracelet import journal
+from tracelet.backends.base import RunInfo
+from tracelet.backends.mlflow import MLflowBackend
 from tracelet.cli import main as cli
+from tracelet.events import Metric, Params, Tags
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 
@@ -242,3 +247,64 @@ def test_a_run_that_missed_the_server_is_replayed_into_it_keeping_its_times(team
     assert run.info.start_time == int(record.run["started_at"] * 1000)
     assert run.info.end_time == int(record.run["ended_at"] * 1000)
     assert run.info.end_time - run.info.start_time < 30_000  # the run's duration, not the replay's time
+
+
+def _written_directly_and_through_the_client(server, events: list, rest: bool) -> str:
+    """A run of ``events`` written by the MLflow backend, its batches as tracelet's JSON
+    requests (``rest``) or as MlflowClient's entities."""
+    backend = MLflowBackend()
+    run_info = RunInfo(
+        uuid.uuid4().hex, "rest", "rest" if rest else "client", None, server.url, time.time(), {}
+    )
+    run_id = backend.open(run_info).run_id
+    if not rest:
+        backend._rest_send = False  # MlflowClient.log_batch, as before tracelet's JSON requests
+    assert backend.write(events) == {}
+    backend.close("FINISHED")
+    assert bool(backend._rest_send) is rest
+    return run_id
+
+
+def test_json_batches_read_back_exactly_as_mlflows_client_writes_them(team_server):
+    values = [math.nan, math.inf, -math.inf, 1e308, -0.0, 1 / 3, 7, 2**53 + 1]
+    events = [Params({"lr": 0.1, "name": "naïve ünïcode", "nested": {"a": [1, 2]}}), Tags({"team": "ü"})]
+    events += [Metric("v", value, step, 1_700_000_000.5 + step) for step, value in enumerate(values)]
+    events += [Metric("step/big", 1.0, 2**40, 1_700_000_001.0), Metric("loss@val", 2.0, -1, 1_700_000_002.0)]
+    events += [Metric("many", float(i), i, 1_700_000_003.0) for i in range(2_500)]  # several batches
+    client = MlflowClient(team_server.url)
+    runs = [
+        client.get_run(_written_directly_and_through_the_client(team_server, events, rest))
+        for rest in (True, False)
+    ]
+    histories = [
+        {
+            key: [
+                (m.step, m.timestamp, repr(m.value)) for m in client.get_metric_history(run.info.run_id, key)
+            ]
+            for key in run.data.metrics
+        }
+        for run in runs
+    ]
+    assert histories[0] == histories[1] and len(histories[0]["many"]) == 2_500
+    assert histories[0]["v"][1][2] == repr(sys.float_info.max) and histories[0]["v"][0][2] == "nan"
+    assert (
+        runs[0].data.params
+        == runs[1].data.params
+        == {"lr": "0.1", "name": "naïve ünïcode", "nested/a": "[1, 2]"}
+    )
+    assert runs[0].data.tags["team"] == runs[1].data.tags["team"] == "ü"
+
+
+def test_an_entry_the_server_refuses_costs_only_itself_on_the_json_path(team_server, caplog):
+    exp = tracelet.start_logging(project="team", exp_name="refusal", backend_url=team_server.url)
+    assert exp.flush(60)
+    run_id = exp.locations["mlflow"].run_id
+    MlflowClient(team_server.url).log_param(run_id, "lr", "set by someone else")
+    exp.log_params({"lr": 0.1})  # MLflow params are write-once: the server refuses this one
+    for step in range(300):
+        exp.log_metric("loss", 1.0 / (step + 1), iteration=step)
+    stats = tracelet.stop_logging().backends["mlflow"]
+    assert stats.refused == 1 and stats.failed == 0 and stats.sent >= 300
+    assert [s for s, _ in mlflow_series(run_id, team_server.url)["loss"]] == list(range(300))
+    assert MlflowClient(team_server.url).get_run(run_id).info.status == "FINISHED"
+    assert sum("MLflow refused 'lr'" in r.getMessage() for r in caplog.records) == 1
