@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install.stamp
 
-.PHONY: install demo test lint docs check bench clean
+.PHONY: install demo test lint docs check compat bench clean
 
 install: $(STAMP)
 
@@ -24,14 +24,18 @@ test: install
 	$(PY) -m pytest -q
 
 lint: install
-	$(VENV)/bin/ruff check tracelet tests benchmarks examples
-	$(VENV)/bin/ruff format --check tracelet tests benchmarks examples
+	$(VENV)/bin/ruff check tracelet tests benchmarks examples noxfile.py
+	$(VENV)/bin/ruff format --check tracelet tests benchmarks examples noxfile.py
 
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 # everything CI runs: lint, the docs build, the whole suite (fault and load-safety tests included)
 check: lint docs test
+
+# the support matrix (noxfile.py): a fresh venv per combination of the oldest and newest releases
+compat: install
+	TORCH_VERSION=$(TORCH_VERSION) $(VENV)/bin/nox -s compat
 
 bench: install
 	$(PY) benchmarks/bench_overhead.py

@@ -116,6 +116,9 @@ def test_clearml_splits_names_into_title_and_series(name, expected):
 def test_a_blocking_and_a_raising_backend_cost_mlflow_and_training_nothing():
     def timed_fit(backends):
         exp = tracelet.start_logging(project="iso", backend=backends, config={"stop_timeout": 5})
+        deadline = time.monotonic() + 120  # MLflow open (a new store through MlflowClient: seconds)
+        while exp.stats()["mlflow"].state == "starting" and time.monotonic() < deadline:
+            time.sleep(0.05)
         trainer = make_trainer(max_epochs=4)
         started = time.perf_counter()
         run_tiny_job(trainer=trainer, test=False)

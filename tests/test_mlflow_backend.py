@@ -133,6 +133,7 @@ def test_artifacts_files_and_directories(tmp_path):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert {a.path for a in client.list_artifacts(run_id)} == {"report.txt", "figures"}
     assert [a.path for a in client.list_artifacts(run_id, "figures")] == ["figures/a.csv"]
+    (tmp_path / "dl").mkdir()  # MLflow 2.x wants the destination to exist
     local = client.download_artifacts(run_id, "report.txt", str(tmp_path / "dl"))
     assert Path(local).read_text() == "hello"
 

@@ -40,8 +40,10 @@ def warn_once(
     *args: object,
     log: logging.Logger | None = None,
     family: str | None = None,
+    level: int = logging.WARNING,
 ) -> bool:
-    """Log ``message`` as a warning the first time ``cause`` is seen; returns whether it was logged.
+    """Log ``message`` as a warning (or at ``level``) the first time ``cause`` is seen; returns
+    whether it was logged.
 
     Causes of one ``family`` (a renamed metric each, say) are said ``FAMILY_LIMIT`` times; the
     last of them says that more go unsaid, so 10,000 odd names make 10 lines, not 10,000.
@@ -61,7 +63,7 @@ def warn_once(
     if said == FAMILY_LIMIT:
         message += " (further %s warnings are not shown)"
         args = (*args, family)
-    target.warning(message, *args)
+    target.log(level, message, *args)
     return True
 
 

@@ -147,7 +147,7 @@ def _activate(experiment: Experiment, console: Any) -> None:
     ):
         from tracelet.instrumentation.base import Safety
 
-        safety = _safety = Safety(settings.strict)
+        safety = _safety = Safety(settings.strict, lose=experiment._lose)
         if settings.track_lightning:
             from tracelet.instrumentation.lightning import LightningInstrumentor
 

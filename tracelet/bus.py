@@ -118,7 +118,7 @@ class EventBus:
         """Queue one event for every backend; O(1), never blocks, never raises."""
         buffer = self._buffer
         if self._dead or len(buffer) >= self._capacity:
-            self._count_drop(_points(event), "writer process exited" if self._dead else "queue full")
+            self.count_dropped(_points(event), "writer process exited" if self._dead else "queue full")
             return
         buffer.append(event)
         if len(buffer) >= CHUNK and not self._wake.is_set():
@@ -195,7 +195,8 @@ class EventBus:
         done = bool(replies) and replies[0].done
         return Outcome(done, self.stats())
 
-    def _count_drop(self, count: int, reason: str) -> None:
+    def count_dropped(self, count: int, reason: str) -> None:
+        """Count points lost on the training side (every backend lacks them) under ``reason``."""
         with self._drop_lock:
             self.dropped[reason] = self.dropped.get(reason, 0) + count
         if reason == "queue full":
@@ -252,7 +253,7 @@ class EventBus:
         try:
             return host.read(host.names, host.values, host.step, host.timestamp)
         except Exception as err:  # tracelet's own bug: these points are lost, counted; sending goes on
-            self._count_drop(len(host.names), "metric values unreadable")
+            self.count_dropped(len(host.names), "metric values unreadable")
             _log.warn_once(
                 f"host-read:{type(err).__name__}",
                 "tracelet could not read metric values (%s: %s); these points are dropped and counted",
@@ -266,7 +267,7 @@ class EventBus:
         try:
             values = deferred.values()
         except Exception as err:  # a device error surfaced by the copy: lose these points, counted
-            self._count_drop(len(deferred.names), "device transfer failed")
+            self.count_dropped(len(deferred.names), "device transfer failed")
             _log.warn_once(
                 f"deferred:{type(err).__name__}",
                 "could not read metric values from the device (%s)",
@@ -278,7 +279,7 @@ class EventBus:
 
     def _writer_lost(self, chunk: list[Any], err: BaseException) -> None:
         self._dead = True
-        self._count_drop(sum(_points(item) for item in chunk), "writer process exited")
+        self.count_dropped(sum(_points(item) for item in chunk), "writer process exited")
         self._drop_buffered()
         _log.warn_once(
             "writer-exit",
@@ -318,7 +319,7 @@ class EventBus:
                 break
             lost += _points(item)
         if lost:
-            self._count_drop(lost, "writer process exited")
+            self.count_dropped(lost, "writer process exited")
 
     def _record_in_journal(self, status: str, stats: dict[str, BackendStats]) -> None:
         """The writer cannot close the journal any more: its run's end and delivery are written here."""

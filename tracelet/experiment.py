@@ -216,6 +216,12 @@ class Experiment:
             cause,
         )
 
+    def _lose(self, points: int, reason: str) -> None:
+        """Count points a capture lost (it failed before they became events): every backend
+        lacks them, so the delivery is incomplete."""
+        if self._bus is not None:
+            self._bus.count_dropped(points, reason)
+
     def _drop(self, reason: str, cause: str, message: str, *args: object) -> None:
         """Count one input that is not logged under ``reason``; warn the first time ``cause`` is seen."""
         if self._bus is not None:

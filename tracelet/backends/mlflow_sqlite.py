@@ -10,8 +10,8 @@ library's ``sqlite3`` (a few ms to open, a few us of CPU per metric).
 
 It writes only where the schema is known to be the one the installed MLflow would find:
 
-- the database file exists and its ``alembic_version`` is the head of the installed MLflow's
-  own migration scripts (read as text from MLflow's package directory; nothing is imported);
+- the database file exists and its ``alembic_version`` is one of ``VERIFIED_HEADS``, the schema
+  revisions tracelet's tests verified these writes against (any other: ``MlflowClient``);
 - every table written holds the columns filled here, and every other column may be left out;
 - workspaces are off (``MLFLOW_ENABLE_WORKSPACES``) and the experiment is in the default one.
 
@@ -30,8 +30,6 @@ writes the same runs both ways and compares everything MLflow reads back.
 from __future__ import annotations
 
 import contextlib
-import functools
-import importlib.util
 import logging
 import math
 import os
@@ -48,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, NamedTuple
 from urllib.parse import unquote, urlparse
 
+from tracelet import _log
 from tracelet.backends.base import RunGone
 
 log = logging.getLogger(__name__)
@@ -153,31 +152,13 @@ def store_path(uri: str) -> str | None:
     return os.path.abspath(path)
 
 
-@functools.lru_cache(maxsize=1)
-def migrations_head() -> str | None:
-    """The schema revision the installed MLflow expects: the head of its alembic scripts.
-
-    Read as text (``revision = "..."``/``down_revision = ...`` lines): importing MLflow to ask
-    is what this module exists to avoid. None where there is not exactly one head.
-    """
-    spec = importlib.util.find_spec("mlflow")  # locates the package without running it
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    versions = os.path.join(spec.submodule_search_locations[0], "store", "db_migrations", "versions")
-    assignment = re.compile(r"^(revision|down_revision)\b[^=\n]*=\s*(.+)$", re.MULTILINE)
-    revisions: set[str] = set()
-    parents: set[str] = set()
-    try:
-        names = [n for n in os.listdir(versions) if n.endswith(".py")]
-        for name in names:
-            with open(os.path.join(versions, name), encoding="utf-8") as handle:
-                for kind, value in assignment.findall(handle.read()):
-                    found = re.findall(r"""["']([0-9A-Za-z_]+)["']""", value)
-                    (revisions if kind == "revision" else parents).update(found)
-    except OSError:
-        return None
-    heads = revisions - parents
-    return heads.pop() if len(heads) == 1 else None
+# MLflow schema revisions (alembic heads) whose tables the direct writes were verified against:
+# ``tests/test_mlflow_sqlite.py`` writes the same runs directly and through ``MlflowClient`` on a
+# store MLflow made at that revision and compares everything MLflow reads back. Adding a head
+# means running those tests (``make compat``) on an MLflow release that creates stores at it.
+VERIFIED_HEADS = {
+    "dc11669786a5": "MLflow 3.17",
+}
 
 
 _ADJECTIVES = [
@@ -347,10 +328,18 @@ class LocalStore:
         return store
 
     def _schema_is_known(self) -> bool:
-        head = migrations_head()
         version = self._connection.execute("SELECT version_num FROM alembic_version").fetchall()
-        if head is None or version != [(head,)]:
-            log.debug("MLflow store %s at %s, installed MLflow expects %s", self.path, version, head)
+        if len(version) != 1 or version[0][0] not in VERIFIED_HEADS:
+            _log.warn_once(
+                f"mlflow-schema:{version}",
+                "MLflow store %s is at schema revision %s, which tracelet's direct writes were not "
+                "verified against: its runs go through MlflowClient (verified: %s)",
+                self.path,
+                ", ".join(v for (v,) in version) or "(none)",
+                ", ".join(f"{head} ({release})" for head, release in VERIFIED_HEADS.items()),
+                log=log,
+                level=logging.INFO,
+            )
             return False
         for table, written in _COLUMNS.items():
             columns = self._connection.execute(f'PRAGMA table_info("{table}")').fetchall()

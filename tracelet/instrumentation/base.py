@@ -31,36 +31,65 @@ class TraceletInternalError(RuntimeError):
     """Raised in strict mode when tracelet's own code fails inside a patch."""
 
 
+Lose = Callable[[int, str], None]  # (points, reason): what a failed capture cost, counted as dropped
+
+
 class Safety:
     """Runs tracelet's code inside patches: counts its failures (strict mode re-raises them) and
-    the time it takes, which is tracelet's cost on the user's thread (self-telemetry)."""
+    the time it takes, which is tracelet's cost on the user's thread (self-telemetry).
 
-    def __init__(self, strict: bool) -> None:
+    A capture that fails loses what it would have logged: ``lose(points, "capture failed:
+    <where>")`` counts it, so the stop summary, the report and ``delivery.json`` show the loss
+    (never "0 dropped"). ``points_of(where, count)`` tells how many points a failed capture at
+    ``where`` held, from its arguments (default: one).
+    """
+
+    def __init__(self, strict: bool, lose: Lose | None = None) -> None:
         self.strict = strict
         self.errors = 0
         self.calls = 0
         self.seconds = 0.0
+        self._lose = lose
+        self._points: dict[str, Callable[..., int]] = {}
+
+    def points_of(self, where: str, count: Callable[..., int]) -> None:
+        self._points[where] = count
 
     def run(self, where: str, fn: Callable[..., Any], *args: Any) -> Any:
         started = time.perf_counter()
         try:
             return fn(*args)
-        except Exception as err:  # tracelet's own bug: never the user's problem
+        except Exception as err:  # tracelet's own bug, or a Lightning that changed: never the user's problem
             self.errors += 1
+            self._count_loss(where, args)
             if self.strict:
                 raise TraceletInternalError(f"tracelet failed in {where}: {err!r}") from err
             _log.warn_once(
                 f"patch:{where}:{type(err).__name__}",
-                "tracelet failed in %s (%s: %s); training goes on, this capture is skipped",
+                "tracelet failed in %s (%s: %s); training goes on, what it captures there is lost "
+                "(counted in the stop summary as 'capture failed: %s')",
                 where,
                 type(err).__name__,
                 err,
+                where,
                 log=log,
             )
             return None
         finally:
             self.calls += 1
             self.seconds += time.perf_counter() - started
+
+    def _count_loss(self, where: str, args: tuple) -> None:
+        if self._lose is None:
+            return
+        points = 1
+        count = self._points.get(where)
+        if count is not None:
+            try:
+                points = max(1, int(count(*args)))
+            except Exception:  # the arguments themselves changed shape: at least one point
+                points = 1
+        self._lose(points, f"capture failed: {where}")
 
 
 def guarded(
@@ -122,6 +151,7 @@ class Instrumentor:
         self._active = False
         self._patches: list[tuple[Any, str, Any, Any]] = []
         self._applied: set[str] = set()
+        self.lost: list[str] = []  # capabilities whose patch point was missing or changed
 
     @property
     def active(self) -> bool:
@@ -132,6 +162,7 @@ class Instrumentor:
             log.debug("%s is already instrumented", self.name)
             return
         self._active = True
+        self.lost.clear()
         with _hooks_lock:
             for module_name in self.modules:
                 _active_for_module[module_name] = self
@@ -151,7 +182,10 @@ class Instrumentor:
                     del _active_for_module[module_name]
             for owner, attribute, original, wrapper in reversed(self._patches):
                 if vars(owner).get(attribute) is wrapper:
-                    setattr(owner, attribute, original)
+                    if original is None:  # it was inherited: owner goes back to inheriting it
+                        delattr(owner, attribute)
+                    else:
+                        setattr(owner, attribute, original)
                 else:  # someone wrapped on top of us: leave theirs; ours is inert once inactive
                     log.debug("%s.%s was re-patched by someone else; left in place", owner, attribute)
             self._patches.clear()
@@ -167,10 +201,32 @@ class Instrumentor:
     def _apply(self, module: ModuleType) -> None:
         raise NotImplementedError
 
+    def _patch_point(self, capability: str, apply: Callable[[], None]) -> None:
+        """Apply one patch point on its own: a symbol the library no longer has (renamed, moved,
+        changed) costs ``capability`` alone, named in one warning with the library's version;
+        every other patch point still applies."""
+        try:
+            apply()
+        except Exception as err:
+            self.lost.append(capability)
+            _log.warn_once(
+                f"patch-point:{self.name}:{capability}",
+                "tracelet cannot capture %s with %s (%s: %s); everything else is still tracked",
+                capability,
+                self.library_version(),
+                type(err).__name__,
+                err,
+                log=log,
+            )
+
+    def library_version(self) -> str:
+        """The patched library and its version, for warnings about what could not be patched."""
+        return self.name
+
     def _wrap(self, owner: Any, attribute: str, wrapper: Callable[..., Any]) -> None:
-        original = vars(owner)[attribute]
+        original, inherited = _find(owner, attribute)
         wrapt.wrap_function_wrapper(owner, attribute, wrapper)
-        self._patches.append((owner, attribute, original, vars(owner)[attribute]))
+        self._patches.append((owner, attribute, None if inherited else original, vars(owner)[attribute]))
 
     def _wrap_hot(
         self, owner: Any, attribute: str, patch: Callable[[Callable[..., Any]], Callable[..., Any]]
@@ -182,7 +238,19 @@ class Instrumentor:
         (``__get__`` + ``__init__``): ~0.45 us and ~5,000 instructions more than a function
         per call, three times a training step. Undone the same way as ``_wrap``.
         """
-        original = vars(owner)[attribute]
+        original, inherited = _find(owner, attribute)
         patched = functools.wraps(original)(patch(original))
         setattr(owner, attribute, patched)
-        self._patches.append((owner, attribute, original, patched))
+        self._patches.append((owner, attribute, None if inherited else original, patched))
+
+
+def _find(owner: Any, attribute: str) -> tuple[Any, bool]:
+    """``owner``'s own ``attribute`` as stored (a function, not a bound method), or the one it
+    inherits (a method moved up into a base class is still patched, on ``owner`` only), and
+    whether it was inherited. AttributeError names what is missing."""
+    if attribute in vars(owner):
+        return vars(owner)[attribute], False
+    for base in getattr(owner, "__mro__", ())[1:]:
+        if attribute in vars(base):
+            return vars(base)[attribute], True
+    raise AttributeError(f"{getattr(owner, '__qualname__', owner)!s} has no attribute {attribute!r}")

@@ -61,35 +61,55 @@ class LightningInstrumentor(Instrumentor):
     def __init__(self, experiment: Experiment, safety: Safety) -> None:
         super().__init__(safety)
         self._experiment = experiment
+        safety.points_of(_LOG_METRICS, _metric_count)
+
+    def library_version(self) -> str:
+        for namespace in NAMESPACES:
+            module = sys.modules.get(namespace)
+            if module is not None:
+                return f"{namespace} {getattr(module, '__version__', '(version unknown)')}"
+        return "Lightning"
 
     def _apply(self, trainer_module: ModuleType) -> None:
+        """Each patch point on its own (``_patch_point``): a Lightning release that renamed,
+        moved or changed one costs only the capability named beside it."""
         namespace = trainer_module.__name__[: -len(".trainer.trainer")]
-        connector = sys.modules[f"{namespace}.{_CONNECTOR}"]._LoggerConnector
         active = lambda: self.active  # noqa: E731
-        self._wrap_hot(connector, "log_metrics", self._on_log_metrics)
-        self._wrap(
-            trainer_module,
-            "_log_hyperparams",
-            captured_elsewhere(
-                guarded("lightning hyperparameters", self.safety, active, before=self._capture_hyperparams)
-            ),
-        )
+        connector: Any = None
+
+        def metrics() -> None:
+            nonlocal connector
+            connector = sys.modules[f"{namespace}.{_CONNECTOR}"]._LoggerConnector
+            self._wrap_hot(connector, "log_metrics", self._on_log_metrics)
+
+        def hyperparameters() -> None:
+            capture = guarded(
+                "lightning hyperparameters", self.safety, active, before=self._capture_hyperparams
+            )
+            self._wrap(trainer_module, "_log_hyperparams", captured_elsewhere(capture))
+
+        self._patch_point("Lightning metrics (self.log)", metrics)
+        self._patch_point("hyperparameters (save_hyperparameters)", hyperparameters)
         observer = self._observe_training(namespace, connector)
         for entry_point in _ENTRY_POINTS:
-            self._wrap(
-                trainer_module.Trainer,
-                entry_point,
-                guarded(
-                    f"lightning Trainer.{entry_point}",
-                    self.safety,
-                    active,
-                    before=_the_trainer,
-                    after=_fit_ended(observer) if entry_point == "fit" else None,
-                    on_error=self._on_error,
+            self._patch_point(
+                f"run status when Trainer.{entry_point} fails"
+                + (" and the best checkpoint at its end" if entry_point == "fit" else ""),
+                lambda entry_point=entry_point: self._wrap(
+                    trainer_module.Trainer,
+                    entry_point,
+                    guarded(
+                        f"lightning Trainer.{entry_point}",
+                        self.safety,
+                        active,
+                        before=_the_trainer,
+                        after=_fit_ended(observer) if entry_point == "fit" and observer else None,
+                        on_error=self._on_error,
+                    ),
                 ),
             )
 
-    def _observe_training(self, namespace: str, connector: type) -> TrainingObserver:
+    def _observe_training(self, namespace: str, connector: type | None) -> TrainingObserver | None:
         """Read what the fit does (``TrainingObserver``) right after Lightning's own steps.
 
         Not at ``_call_callback_hooks``: it runs 6 times per training step for the 2 we
@@ -101,28 +121,79 @@ class LightningInstrumentor(Instrumentor):
         ``Trainer.fit``).
         """
         settings = self._experiment.settings
-        data_module = importlib.import_module(f"{namespace}.utilities.data")
-        observer = TrainingObserver(
-            self._experiment,
-            optimizer=settings.track_optimizer,
-            perf=settings.track_perf,
-            log_checkpoints=settings.log_checkpoints,
-            checkpoint_max_mb=settings.checkpoint_max_mb,
-            extract_batch_size=data_module.extract_batch_size,
-            training_stage=importlib.import_module(f"{namespace}.trainer.states").RunningStage.TRAINING,
-        )
-        fit_loop = importlib.import_module(f"{namespace}.loops.fit_loop")._FitLoop
-        evaluation_loop = importlib.import_module(f"{namespace}.loops.evaluation_loop")._EvaluationLoop
+        observer: TrainingObserver | None = None
+
+        def make_observer() -> None:
+            nonlocal observer
+            data_module = importlib.import_module(f"{namespace}.utilities.data")
+            observer = TrainingObserver(
+                self._experiment,
+                optimizer=settings.track_optimizer,
+                perf=settings.track_perf,
+                log_checkpoints=settings.log_checkpoints,
+                checkpoint_max_mb=settings.checkpoint_max_mb,
+                extract_batch_size=data_module.extract_batch_size,
+                training_stage=importlib.import_module(f"{namespace}.trainer.states").RunningStage.TRAINING,
+            )
+
+        self._patch_point("learning rates, perf/ timings and checkpoints", make_observer)
+        if observer is None:
+            return None
+        loops = f"{namespace}.loops"
         not_testing = lambda trainer: not trainer.testing  # noqa: E731
-        self._wrap_hot(connector, "on_batch_start", self._observing_batches(observer.batch_start))
-        self._wrap_hot(connector, "on_batch_end", self._observing_batches(observer.batch_end))
-        for owner, method, handler, when in (
-            (fit_loop, "on_run_start", observer.fit_start, None),
-            (fit_loop, "on_advance_start", observer.epoch_start, None),
-            (fit_loop, "on_advance_end", observer.epoch_end, None),
-            (evaluation_loop, "_on_evaluation_end", observer.validation_end, not_testing),
+        batch_hooks = "learning rates per step and perf/ step timings"
+        for method, handler in (
+            ("on_batch_start", observer.batch_start),
+            ("on_batch_end", observer.batch_end),
         ):
-            self._wrap(owner, method, self._observing(handler, when))
+            self._patch_point(
+                batch_hooks,
+                lambda method=method, handler=handler: self._wrap_hot(
+                    _required(connector), method, self._observing_batches(handler)
+                ),
+            )
+        for module, owner, method, handler, when, capability in (
+            (
+                "fit_loop",
+                "_FitLoop",
+                "on_run_start",
+                observer.fit_start,
+                None,
+                "trainer configuration params",
+            ),
+            (
+                "fit_loop",
+                "_FitLoop",
+                "on_advance_start",
+                observer.epoch_start,
+                None,
+                "learning rates per epoch",
+            ),
+            (
+                "fit_loop",
+                "_FitLoop",
+                "on_advance_end",
+                observer.epoch_end,
+                None,
+                "epoch times and checkpoint tags",
+            ),
+            (
+                "evaluation_loop",
+                "_EvaluationLoop",
+                "_on_evaluation_end",
+                observer.validation_end,
+                not_testing,
+                "checkpoint tags after validation",
+            ),
+        ):
+            self._patch_point(
+                capability,
+                lambda module=module, owner=owner, method=method, handler=handler, when=when: self._wrap(
+                    getattr(importlib.import_module(f"{loops}.{module}"), owner),
+                    method,
+                    self._observing(handler, when),
+                ),
+            )
         return observer
 
     def _observing_batches(
@@ -226,6 +297,17 @@ class LightningInstrumentor(Instrumentor):
     def _on_error(self, _context: Any, exc: BaseException) -> None:
         interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
         self._experiment._mark_status(KILLED if interrupted else FAILED, exc)
+
+
+def _metric_count(_connector: Any, args: tuple, kwargs: dict) -> int:
+    """The points of a ``log_metrics(metrics, step)`` call whose capture failed."""
+    return len(args[0] if args else kwargs["metrics"])
+
+
+def _required(found: Any) -> Any:
+    if found is None:
+        raise AttributeError("the logger connector (_LoggerConnector) was not found")
+    return found
 
 
 def _fit_ended(observer: TrainingObserver) -> Callable[[Any, Any], None]:
