@@ -3,7 +3,11 @@ mode (tracelet's own errors are raised, not swallowed), and leaves no active run
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import sqlite3
+from pathlib import Path
 
 import pytest
 
@@ -11,9 +15,33 @@ os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
 os.environ.setdefault("PYTHONWARNINGS", "ignore")
 
 
+@pytest.fixture(scope="session")
+def _template_store(tmp_path_factory) -> Path:
+    """An MLflow store MLflow created and migrated once (3-10 s each time it is done), copied
+    into every test's directory as ``./mlflow.db``: what MLflow would have made there."""
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("template-store") / "mlflow.db"
+    MlflowClient(tracking_uri=f"sqlite:///{path}").search_experiments()
+    return path
+
+
+def _copy_store(template: Path, directory: Path) -> None:
+    target = directory / "mlflow.db"
+    shutil.copyfile(template, target)
+    with contextlib.closing(sqlite3.connect(target)) as db, db:
+        # MLflow stores the Default experiment's artifact directory under the working directory
+        db.execute(
+            "UPDATE experiments SET artifact_location = ? WHERE experiment_id = 0",
+            (str(directory / "mlruns" / "0"),),
+        )
+
+
 @pytest.fixture(autouse=True)
-def _isolated_run(tmp_path, monkeypatch):
+def _isolated_run(request, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    if request.node.get_closest_marker("fresh_store") is None:
+        _copy_store(request.getfixturevalue("_template_store"), tmp_path)
     for name in list(os.environ):
         if name.startswith(("TRACELET_", "MLFLOW_", "WANDB_", "CLEARML_", "TRAINS_")):
             monkeypatch.delenv(name)

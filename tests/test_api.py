@@ -7,6 +7,7 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
 from fake_backends import recorded
 from helpers import mlflow_run, mlflow_series
 
@@ -198,6 +199,7 @@ def test_a_training_process_killed_hard_leaves_a_killed_run_with_what_was_sent(t
     assert len(mlflow_series(run.info.run_id, uri)["loss"]) == 500
 
 
+@pytest.mark.fresh_store  # checks what is (not) created in the working directory
 def test_non_zero_ranks_record_nothing_and_start_no_writer(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     exp = tracelet.start_logging()

@@ -99,6 +99,7 @@ def test_the_program_exit_code_is_ours_and_a_failure_marks_the_run_failed(tmp_pa
     assert run.info.status == ("FINISHED" if code == 0 else "FAILED")
 
 
+@pytest.mark.fresh_store  # checks what is (not) created in the working directory
 def test_a_bad_setting_fails_before_the_program_starts(tmp_path):
     out = _tracelet(tmp_path, "run", "--config", "metrics_intervl=5", "--", sys.executable, "train.py")
     assert out.returncode == 2

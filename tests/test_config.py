@@ -80,6 +80,7 @@ def test_unknown_config_key_suggests_the_close_one_and_lists_all():
     assert all(option.key in text for option in OPTIONS)
 
 
+@pytest.mark.fresh_store  # checks what is (not) created in the working directory
 def test_start_logging_fails_fast_on_bad_config_without_starting_a_run(tmp_path):
     with pytest.raises(ConfigError):
         tracelet.start_logging(config={"queue_size": "x"})

@@ -166,3 +166,39 @@ def test_a_capture_failing_at_run_time_counts_its_points_as_lost(monkeypatch, ca
     )
     warned = [r for r in caplog.records if r.levelno >= logging.WARNING and reason in r.getMessage()]
     assert len(warned) == 1
+
+
+def test_an_attribute_read_renamed_by_a_release_costs_only_that_capture(monkeypatch, caplog):
+    """``module._log_hyperparams`` (read only by tracelet when there is no logger) gone: the
+    hyperparameters are lost and counted, the metrics and the run's status are not."""
+    from helpers import tiny_module_class
+
+    def renamed(self):
+        raise AttributeError("'TinyModule' object has no attribute '_log_hyperparams'")
+
+    module_class = tiny_module_class()
+    monkeypatch.setattr(
+        module_class, "_log_hyperparams", property(renamed, lambda self, value: None), raising=False
+    )
+    monkeypatch.setenv("TRACELET_STRICT", "0")
+    tracelet.start_logging(project="drift")
+    import lightning.pytorch as pl
+    from helpers import make_trainer, tiny_loaders
+
+    pl.seed_everything(7, verbose=False)
+    train, val = tiny_loaders()
+    make_trainer().fit(module_class(), train, val)
+    report = tracelet.stop_logging()
+    stats = report.backends["mlflow"]
+    assert stats.reasons == {"capture failed: lightning hyperparameters": 1} and not stats.complete
+    run = mlflow_run(stats.location.run_id)
+    assert "lr" not in run.data.params and run.info.status == "FINISHED"
+    assert [s for s, _ in mlflow_series(stats.location.run_id)["train/loss_step"]][:2] == [2, 5]
+    assert (
+        sum(
+            "lightning hyperparameters" in r.getMessage()
+            for r in caplog.records
+            if r.levelno >= logging.WARNING
+        )
+        == 1
+    )

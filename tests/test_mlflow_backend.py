@@ -21,6 +21,7 @@ def _finish(exp) -> str:
     return report.backends["mlflow"].location.run_id
 
 
+@pytest.mark.fresh_store  # checks what is (not) created in the working directory
 def test_default_store_is_sqlite_in_the_working_directory_with_project_and_run_name(tmp_path):
     exp = tracelet.start_logging(exp_name="baseline", project="cifar")
     exp.log_metric("loss", 0.5, iteration=3)

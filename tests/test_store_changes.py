@@ -135,6 +135,7 @@ def test_a_killed_writer_is_noticed_at_once_and_the_journal_records_the_real_end
     assert "FINISHED" in listing and "mlflow INCOMPLETE (100 dropped)" in listing
 
 
+@pytest.mark.fresh_store
 @pytest.mark.parametrize("trial", range(SWEEP_TRIALS))
 def test_eight_jobs_started_at_once_on_a_fresh_store_all_land_and_leave_it_usable(tmp_path, trial):
     outputs = sweep(tmp_path, 8)
