@@ -106,7 +106,9 @@ def test_a_bad_setting_fails_before_the_program_starts(tmp_path):
     assert "Did you mean 'metrics_interval'?" in out.stderr
     assert "FIT_SECONDS" not in out.stdout and not (tmp_path / "mlflow.db").exists()
     out = _tracelet(tmp_path, "run", "--backend", "nosuch", "--", sys.executable, "train.py")
-    assert out.returncode == 2 and "unknown backend 'nosuch'" in out.stderr
+    assert out.returncode == 2 and "unknown backend 'nosuch' (from --backend)" in out.stderr
+    out = _tracelet(tmp_path, "run", "--config", "metrics_interval=0", "--", sys.executable, "train.py")
+    assert out.returncode == 2 and "(from --config metrics_interval=)" in out.stderr
 
 
 def _closed_port() -> int:

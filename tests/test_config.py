@@ -95,6 +95,21 @@ def test_unknown_backend_lists_the_available_ones():
     assert "Available backends: clearml, journal, mlflow, wandb" in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("given", "source"),
+    [
+        ({"backend": "mlfow"}, "(from argument backend=)"),
+        ({"config": {"backend": "mlfow"}}, "(from config['backend'])"),
+        ({}, "(from environment variable TRACELET_BACKEND)"),
+    ],
+)
+def test_an_unknown_backend_says_where_it_was_given_and_what_was_meant(given, source, monkeypatch):
+    monkeypatch.setenv("TRACELET_BACKEND", "mlfow")
+    with pytest.raises(ConfigError) as error:
+        tracelet.start_logging(**given)
+    assert f"unknown backend 'mlfow' {source}. Did you mean 'mlflow'?" in str(error.value)
+
+
 def test_known_backend_without_its_sdk_names_the_extra_to_install(monkeypatch):
     missing = backends.BUILTINS["mlflow"]._replace(sdk_module="mlflow_sdk_that_is_not_installed")
     monkeypatch.setitem(backends.BUILTINS, "mlflow", missing)

@@ -22,7 +22,7 @@ from typing import Any
 from tracelet import _log
 from tracelet.backends import base as backends
 from tracelet.bus import EventBus
-from tracelet.config import resolve
+from tracelet.config import resolve, source_of
 from tracelet.events import FAILED, KILLED
 from tracelet.experiment import Experiment, RunReport
 
@@ -67,7 +67,7 @@ def start_logging(
         "backend_url": backend_url,
     }
     settings = resolve(arguments, config)
-    specs = backends.resolve(settings.backends)
+    specs = backends.resolve(settings.backends, source_of("backend", arguments, config))
     with _lock:
         if _active is not None:
             log.warning("start_logging called while a run is active: ending that run first")

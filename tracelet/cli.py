@@ -99,14 +99,16 @@ def _tracking_environment(args: argparse.Namespace) -> dict[str, str]:
         if not equals:
             raise ConfigError(f"tracelet run: --config expects KEY=VALUE, got {pair!r}")
         settings[key.strip()] = value
-    for key in _RUN_FLAGS:
-        value = getattr(args, key)
-        if value is not None:
-            settings[key] = value
-    config.resolve(config=settings)  # unknown keys and bad values fail here, before the program starts
+    flags = {key for key in _RUN_FLAGS if getattr(args, key) is not None}
+    for key in flags:
+        settings[key] = getattr(args, key)
+    flag_or_config = lambda key: f"--{key.replace('_', '-')}" if key in flags else f"--config {key}="  # noqa: E731
+    # unknown keys and bad values fail here, before the program starts
+    config.resolve(config=settings, config_label=flag_or_config)
     for key, value in settings.items():
         env[by_key[key].env] = value
-    base.resolve(config.resolve(environ=env).backends)  # unknown or uninstalled backends, too
+    source = flag_or_config("backend") if "backend" in settings else config.source_of("backend", environ=env)
+    base.resolve(config.resolve(environ=env).backends, source)  # unknown or uninstalled backends, too
     env[autostart.AUTOSTART_ENV] = "1"
     env.pop(autostart.OWNER_ENV, None)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (autostart.bootstrap_dir(), env.get("PYTHONPATH")) if p)

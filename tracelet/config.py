@@ -321,10 +321,13 @@ def resolve(
     arguments: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    config_label: Callable[[str], str] | None = None,
 ) -> Settings:
     """Merge the sources with their precedence and validate every value.
 
-    ``arguments`` holds only the explicit ``start_logging`` arguments that are not None.
+    ``arguments`` holds only the explicit ``start_logging`` arguments that are not None;
+    ``config_label(key)`` names where a ``config`` entry came from in messages (default
+    ``config['key']``; ``tracelet run`` says ``--config key=``).
     """
     environ = os.environ if environ is None else environ
     config = dict(config or {})
@@ -340,15 +343,11 @@ def resolve(
         )
     values: dict[str, Any] = {}
     for option in OPTIONS:
-        if arguments and arguments.get(option.key) is not None:
-            raw, source = arguments[option.key], f"argument {option.key}="
-        elif option.key in config:
-            raw, source = config[option.key], f"config[{option.key!r}]"
-        elif option.env in environ:
-            raw, source = environ[option.env], f"environment variable {option.env}"
-        else:
+        found = _given(option, arguments, config, environ, config_label)
+        if found is None:
             values[option.key] = option.default
             continue
+        raw, source = found
         try:
             values[option.key] = option.parse(raw)
         except ValueError as err:
@@ -356,3 +355,31 @@ def resolve(
                 f"tracelet: invalid value {raw!r} for {option.key!r} (from {source}): {err}"
             ) from None
     return Settings(**values)
+
+
+def source_of(
+    key: str,
+    arguments: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str:
+    """Where the setting ``key`` came from, in the words of an error message."""
+    found = _given(_BY_KEY[key], arguments, dict(config or {}), os.environ if environ is None else environ)
+    return found[1] if found is not None else "the default"
+
+
+def _given(
+    option: Option,
+    arguments: Mapping[str, Any] | None,
+    config: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_label: Callable[[str], str] | None = None,
+) -> tuple[Any, str] | None:
+    """The raw value of ``option`` from the first source that has it, and that source's name."""
+    if arguments and arguments.get(option.key) is not None:
+        return arguments[option.key], f"argument {option.key}="
+    if option.key in config:
+        return config[option.key], config_label(option.key) if config_label else f"config[{option.key!r}]"
+    if option.env in environ:
+        return environ[option.env], f"environment variable {option.env}"
+    return None

@@ -28,6 +28,7 @@ executed by tracelet.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -201,20 +202,22 @@ def available() -> list[str]:
     return sorted(set(BUILTINS) | set(_entry_points()))
 
 
-def resolve(names: tuple[str, ...]) -> list[BackendSpec]:
+def resolve(names: tuple[str, ...], source: str | None = None) -> list[BackendSpec]:
     """Map configured names to importable targets, failing with a clear message before training.
 
-    A name is a built-in, an installed entry point, or an explicit ``package.module:Class``.
+    A name is a built-in, an installed entry point, or an explicit ``package.module:Class``;
+    ``source`` (``environment variable TRACELET_BACKEND``...) is named in the message.
     """
     plugins = _entry_points()
+    given = f" (from {source})" if source else ""
     specs = []
     for name in names:
         if name in BUILTINS:
             builtin = BUILTINS[name]
             if not _findable(builtin.sdk_module):
                 raise ConfigError(
-                    f"tracelet: backend {name!r} needs the {builtin.sdk_module!r} package, which is not "
-                    f"installed. Install it with: pip install 'tracelet[{builtin.extra}]'"
+                    f"tracelet: backend {name!r}{given} needs the {builtin.sdk_module!r} package, which is "
+                    f"not installed. Install it with: pip install 'tracelet[{builtin.extra}]'"
                 )
             specs.append(BackendSpec(name, builtin.target))
         elif name in plugins:
@@ -223,9 +226,12 @@ def resolve(names: tuple[str, ...]) -> list[BackendSpec]:
             _check_importable(name)
             specs.append(BackendSpec(name.rsplit(":", 1)[1], name))
         else:
+            close = difflib.get_close_matches(name, available(), n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
-                f"tracelet: unknown backend {name!r}. Available backends: {', '.join(available())} "
-                f"(third-party backends register under the entry-point group {ENTRY_POINT_GROUP!r})."
+                f"tracelet: unknown backend {name!r}{given}.{hint} Available backends: "
+                f"{', '.join(available())} (third-party backends register under the entry-point group "
+                f"{ENTRY_POINT_GROUP!r})."
             )
     return specs
 
