@@ -258,7 +258,7 @@ def _written_directly_and_through_the_client(server, events: list, rest: bool) -
     )
     run_id = backend.open(run_info).run_id
     if not rest:
-        backend._rest_send = False  # MlflowClient.log_batch, as before tracelet's JSON requests
+        backend._rest_send = None  # MlflowClient.log_batch, as before tracelet's JSON requests
     assert backend.write(events) == {}
     backend.close("FINISHED")
     assert bool(backend._rest_send) is rest

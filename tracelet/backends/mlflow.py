@@ -15,6 +15,7 @@ Names MLflow refuses are sanitized (one warning per name), params are flattened 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -138,7 +139,6 @@ class MLflowBackend:
         self._store_file: str | None = None  # a local SQLite store: it must still be there to be written
         self._store_identity: tuple[int, int] | None = None
         self._ended_at: float | None = None
-        self._rest_send: Any = None  # mlflow_rest's sender once known; False: MLflow's client
 
     def open(self, run: RunInfo) -> RunLocation:
         uri = self._uri = default_tracking_uri(run.backend_url)
@@ -181,6 +181,11 @@ class MLflowBackend:
         if store is not None:
             self._local = store.attach(self._run_id)
         return self._location(experiment_id)
+
+    @functools.cached_property
+    def _rest_send(self) -> Any:
+        """``mlflow_rest``'s sender where the client talks to a tracking server, else None."""
+        return batch_sender(self._client)
 
     @property
     def _client(self) -> Any:
@@ -354,9 +359,7 @@ class MLflowBackend:
     ) -> None:
         """One ``log_batch``: a JSON request to a tracking server (``mlflow_rest``), else MLflow's
         client with its entities."""
-        if self._rest_send is None:
-            self._rest_send = batch_sender(self._client) or False
-        if self._rest_send:
+        if self._rest_send is not None:
             self._rest_send(self._run_id, points, params, tags)
             return
         from mlflow.entities import Metric as MlflowMetric

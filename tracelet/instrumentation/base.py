@@ -151,7 +151,6 @@ class Instrumentor:
         self._active = False
         self._patches: list[tuple[Any, str, Any, Any]] = []
         self._applied: set[str] = set()
-        self.lost: list[str] = []  # capabilities whose patch point was missing or changed
 
     @property
     def active(self) -> bool:
@@ -162,7 +161,6 @@ class Instrumentor:
             log.debug("%s is already instrumented", self.name)
             return
         self._active = True
-        self.lost.clear()
         with _hooks_lock:
             for module_name in self.modules:
                 _active_for_module[module_name] = self
@@ -208,7 +206,6 @@ class Instrumentor:
         try:
             apply()
         except Exception as err:
-            self.lost.append(capability)
             _log.warn_once(
                 f"patch-point:{self.name}:{capability}",
                 "tracelet cannot capture %s with %s (%s: %s); everything else is still tracked",
