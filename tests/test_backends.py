@@ -18,11 +18,14 @@ from helpers import (
     run_tiny_job,
     wandb_series,
 )
+from mlflow.tracking import MlflowClient
 from test_lightning import _oracle
 
 import tracelet
+from tracelet import cli, journal
 from tracelet.backends.clearml import title_and_series
 from tracelet.config import ConfigError
+from tracelet.naming import program_name
 
 ALL = ["mlflow", "wandb", "clearml"]
 
@@ -224,3 +227,24 @@ def test_clearml_in_the_writer_is_its_own_task_when_the_training_process_has_one
     assert stats.state == "closed" and stats.sent == 1, stats.error
     series, task = clearml_series(stats.location.uri)
     assert series == {"train/loss": [(1, 0.5)]} and task["id"] == stats.location.run_id
+
+
+def test_a_run_started_without_names_has_one_name_and_project_everywhere(tmp_path, capsys):
+    exp = tracelet.start_logging(backend=["mlflow", "wandb"])
+    exp.log_metric("a", 1.0)
+    report = tracelet.stop_logging()
+    assert report.done, report.lines()
+    name, project = exp.name, exp.project
+    assert project == tmp_path.name  # the working directory's name
+    assert name == f"{program_name()}-{exp.run_uid[:6]}"  # the program's name and the run's id
+    run = mlflow_run(report.backends["mlflow"].location.run_id)
+    assert run.info.run_name == name
+    assert MlflowClient().get_experiment(run.info.experiment_id).name == project
+    _, wandb_run = wandb_series(report.backends["wandb"].location.uri)
+    assert (wandb_run["name"], wandb_run["project"]) == (name, project)
+    (record,) = journal.find("tracelet-runs")
+    assert (record.run["exp_name"], record.run["project"]) == (name, project)
+    capsys.readouterr()
+    assert cli.main(["runs"]) == 0
+    (row,) = capsys.readouterr().out.splitlines()[1:]
+    assert row.split()[2:4] == [name, project]

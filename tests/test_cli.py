@@ -140,6 +140,9 @@ def test_a_tracking_server_that_is_down_costs_nothing_and_the_journal_replays_th
     assert tracked_wall < plain_wall + 15
     warnings = [line for line in out.stderr.splitlines() if "backend 'mlflow' disabled" in line]
     assert len(warnings) == 1 and "tracelet replay" in warnings[0]
+    # what failed and where, in words; urllib3's pool reprs only at DEBUG
+    assert f"(cannot reach {dead} (connection refused)); training goes on" in warnings[0]
+    assert "HTTPConnectionPool" not in out.stderr and len(warnings[0].split(". The journal")[0]) < 200
 
     (record,) = journal.find(tmp_path / "down" / "tracelet-runs")
     assert record.delivery["mlflow"]["state"] == "failed"
@@ -149,6 +152,51 @@ def test_a_tracking_server_that_is_down_costs_nothing_and_the_journal_replays_th
     (run,) = _runs(target)
     oracle = csv_series(Path(_printed(out, "LOG_DIR")) / "metrics.csv")
     assert_same_series(mlflow_series(run.info.run_id, target), oracle)
+
+
+# A script that starts tracking itself, run under `tracelet run` (examples/plain_pytorch_tensorboard.py
+# gives that command in its docstring): one run, the script's names filling in the command line's.
+ADOPTING = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, {tests!r})
+    import tracelet
+    from helpers import make_trainer, tiny_loaders, tiny_module_class
+
+    def fit():
+        make_trainer().fit(tiny_module_class()(), *tiny_loaders())
+
+    if "--late" in sys.argv:
+        fit()
+        tracelet.get_active_experiment().flush()  # the run has reached its backends
+    first = tracelet.get_active_experiment()
+    names = dict(exp_name="from-script", project="script-project")
+    exp = tracelet.start_logging(**names, config={{"metrics_interval": 2}})
+    assert exp is first and tracelet.get_active_experiment() is exp
+    fit()
+    print("STATUS=" + tracelet.stop_logging().status)
+""")
+
+
+@pytest.mark.parametrize("late", [False, True])
+def test_a_script_that_starts_logging_itself_continues_the_run_tracelet_run_started(tmp_path, late):
+    (tmp_path / "adopt.py").write_text(ADOPTING.format(tests=TESTS))
+    program = [sys.executable, "adopt.py", *(["--late"] if late else [])]
+    out = _tracelet(tmp_path, "run", "--backend", "mlflow", "--project", "cli-project", "--", *program)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "STATUS=FINISHED" in out.stdout
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (run,) = _runs(uri)  # one run, not a stub beside the script's
+    assert MlflowClient(tracking_uri=uri).get_experiment(run.info.experiment_id).name == "cli-project"
+    (record,) = journal.find(tmp_path / "tracelet-runs")
+    assert record.run["project"] == "cli-project"  # the command line wins
+    assert record.status == "FINISHED"
+    if late:  # nothing could change where the run lives any more: said, and the launch's names kept
+        assert "exp_name from start_logging not applied" in out.stderr
+        assert run.info.run_name == record.run["exp_name"] == f"adopt-{record.run['run_uid'][:6]}"
+    else:  # the script's name and settings fill in what the command line did not give
+        assert run.info.run_name == record.run["exp_name"] == "from-script"
+        assert record.run["settings"]["metrics_interval"] == 2.0
+    assert len(mlflow_series(run.info.run_id, uri)["train/loss_step"]) == (10 if late else 5)
 
 
 def test_an_existing_sitecustomize_still_runs(tmp_path):

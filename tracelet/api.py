@@ -9,6 +9,7 @@ KeyboardInterrupt or SIGTERM KILLED.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import os
 import signal
 import sys
@@ -19,10 +20,10 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-from tracelet import _log
+from tracelet import _log, naming
 from tracelet.backends import base as backends
 from tracelet.bus import EventBus
-from tracelet.config import resolve, source_of
+from tracelet.config import Settings, resolve, source_of
 from tracelet.events import FAILED, KILLED
 from tracelet.experiment import Experiment, RunReport
 
@@ -30,6 +31,11 @@ log = _log.get_logger("tracelet")
 
 _lock = threading.RLock()
 _active: Experiment | None = None
+_launched: Experiment | None = (
+    None  # the active run when `tracelet run` started it and no start_logging has yet
+)
+# settings fixed once the writer has opened the run's backends
+_WHERE_THE_RUN_LIVES = ("project", "exp_name", "backend", "backend_url", "api_key", "journal", "journal_dir")
 _instrumentors: list[Any] = []  # Instrumentor; imported lazily (wrapt) to keep `import tracelet` cheap
 _collectors: list[Any] = []
 _console: Any = None  # ConsoleCapture of the active run
@@ -66,32 +72,120 @@ def start_logging(
         "api_key": api_key,
         "backend_url": backend_url,
     }
+    with _lock:
+        if _active is not None and _active is _launched:
+            return _adopt(_active, arguments, config)
     settings = resolve(arguments, config)
     specs = backends.resolve(settings.backends, source_of("backend", arguments, config))
     with _lock:
         if _active is not None:
-            log.warning("start_logging called while a run is active: ending that run first")
+            log.warning(
+                "start_logging: run %r is still active; it is ended now (its summary follows) and a "
+                "new run starts. Call tracelet.stop_logging() first to end a run yourself.",
+                _active.name,
+            )
             stop_logging()
-        _log.ensure_visible()
-        _log.forget_warnings()
-        recording = _is_global_zero()
-        console = _new_console() if recording and settings.track_console else None
-        run = backends.RunInfo(
-            run_uid=uuid.uuid4().hex,
-            project=settings.project,
-            exp_name=settings.exp_name,
-            api_key=settings.api_key,
-            backend_url=settings.backend_url,
-            started_at=time.time(),
-            settings={**settings.public(), "env_extra": _torch_runtime() if settings.track_env else {}},
-            pid=os.getpid(),
-            argv=_command_line(),
-            console_path=console.path if console is not None else None,
-        )
-        bus = EventBus(run, specs, settings.queue_size, settings.writer) if recording else None
-        experiment = Experiment(settings, run, bus)
-        _activate(experiment, console)
+        return _begin(settings, specs)
+
+
+def start_for_program() -> Experiment:
+    """The run ``tracelet run`` starts before the program's first line.
+
+    It ships nothing until training starts (see ``bus.HOLD_MAX_S``), so that the program's own
+    ``start_logging``, if it calls it, continues this run with its names and settings filling in
+    what the command line did not give, instead of starting a second one.
+    """
+    global _launched
+    settings = resolve()
+    specs = backends.resolve(settings.backends, source_of("backend"))
+    with _lock:
+        _launched = _begin(settings, specs, hold=True)
+        return _launched
+
+
+def _begin(settings: Settings, specs: list[backends.BackendSpec], hold: bool = False) -> Experiment:
+    _log.ensure_visible()
+    _log.forget_warnings()
+    recording = _is_global_zero()
+    console = _new_console() if recording and settings.track_console else None
+    run = _run_info(settings, uuid.uuid4().hex, time.time(), console)
+    bus = EventBus(run, specs, settings.queue_size, settings.writer, hold=hold) if recording else None
+    experiment = Experiment(settings, run, bus)
+    _activate(experiment, console)
     return experiment
+
+
+def _run_info(settings: Settings, run_uid: str, started_at: float, console: Any) -> backends.RunInfo:
+    argv = _command_line()
+    return backends.RunInfo(
+        run_uid=run_uid,
+        project=settings.project or naming.default_project(),
+        exp_name=settings.exp_name or naming.default_run_name(run_uid, argv),
+        api_key=settings.api_key,
+        backend_url=settings.backend_url,
+        started_at=started_at,
+        settings={**settings.public(), "env_extra": _torch_runtime() if settings.track_env else {}},
+        pid=os.getpid(),
+        argv=argv,
+        console_path=console.path if console is not None else None,
+    )
+
+
+def _adopt(
+    experiment: Experiment, arguments: Mapping[str, Any], config: Mapping[str, Any] | None
+) -> Experiment:
+    """The program's ``start_logging`` under ``tracelet run``: continue the run already started.
+
+    What the launch environment sets (``tracelet run``'s flags, ``TRACELET_*``) wins; the
+    arguments and ``config`` fill in the rest. While nothing has been shipped, the run is
+    re-opened with the merged settings; later, only what does not change where it lives applies.
+    """
+    global _launched
+    _launched = None
+    settings = resolve(arguments, config, environment_first=True)
+    specs = backends.resolve(
+        settings.backends, source_of("backend", arguments, config, environment_first=True)
+    )
+    bus = experiment._bus
+    if bus is None:  # a non-zero rank records nothing either way
+        experiment.settings = settings
+        return experiment
+    run = _run_info(settings, experiment.run_uid, experiment.run.started_at, _console)._replace(
+        console_path=experiment.run.console_path if settings.track_console else None
+    )
+    if bus.reconfigure(run, specs, settings.queue_size):
+        experiment.settings, experiment.run = settings, run
+        _restart_parts(experiment)
+        log.info(
+            "start_logging: continuing the run `tracelet run` started, as %r in %r", run.exp_name, run.project
+        )
+    else:
+        opened = {key: getattr(experiment.settings, key) for key in _WHERE_THE_RUN_LIVES}
+        ignored = [key for key, value in opened.items() if getattr(settings, key) != value]
+        if ignored:
+            log.warning(
+                "start_logging: continuing the run `tracelet run` started, which already sends to its "
+                "backends: %s from start_logging not applied. Give them to `tracelet run` instead "
+                "(--project, --exp-name, --backend, --backend-url).",
+                ", ".join(ignored),
+            )
+        settings = dataclasses.replace(settings, **opened)
+        if settings != experiment.settings:  # what the training side does can still change
+            experiment.settings = settings
+            _restart_parts(experiment)
+    bus.release()
+    return experiment
+
+
+def _restart_parts(experiment: Experiment) -> None:
+    """Instrumentation, collectors and console capture again, with the run's new settings."""
+    console = _console
+    _deactivate()
+    if console is not None and not experiment.settings.track_console:
+        console.stop()
+        console.cleanup()
+        console = None
+    _activate(experiment, console, console_running=console is not None)
 
 
 def stop_logging(timeout: float | None = None) -> RunReport | None:
@@ -101,12 +195,14 @@ def stop_logging(timeout: float | None = None) -> RunReport | None:
     backends together, logs one summary line per backend and returns the report. Calling it
     again, or with no active run, does nothing and returns None.
     """
-    global _active
+    global _active, _launched
     with _lock:
         experiment = _active
         if experiment is None:
             return None
         _active = None
+        if _launched is experiment:
+            _launched = None
         console = _stop_console(experiment)
         safety = _safety
         _deactivate()
@@ -138,7 +234,7 @@ def _new_console() -> Any:
     return ConsoleCapture()
 
 
-def _activate(experiment: Experiment, console: Any) -> None:
+def _activate(experiment: Experiment, console: Any, console_running: bool = False) -> None:
     global _active, _atexit_registered, _console, _safety
     _active = experiment
     settings = experiment.settings
@@ -170,7 +266,8 @@ def _activate(experiment: Experiment, console: Any) -> None:
         collector.start()
     if console is not None:
         _console = console
-        _console.start()
+        if not console_running:
+            console.start()
     if not _atexit_registered:
         atexit.register(_stop_at_exit)
         _atexit_registered = True
@@ -186,8 +283,9 @@ def _stop_console(experiment: Experiment) -> Any:
 
 
 def _deactivate() -> None:
-    global _safety
+    global _safety, _console
     _safety = None
+    _console = None
     while _collectors:
         _collectors.pop().stop()
     while _instrumentors:

@@ -51,11 +51,11 @@ def maybe_start() -> None:
     if not should_start():
         return
     os.environ[OWNER_ENV] = str(os.getpid())  # before the writer and any child starts
-    import tracelet
+    from tracelet.api import start_for_program
     from tracelet.config import ConfigError
 
     try:
-        tracelet.start_logging()
+        start_for_program()
     except ConfigError as err:
         print(f"[tracelet] not tracking this program: {err}", file=sys.stderr)
         return

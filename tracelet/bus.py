@@ -37,6 +37,11 @@ CHUNK = 500  # events per frame to the writer
 # 1.04-1.09x (five runs), every 1 s 0.98-1.04x (three), every 0.5 s 0.94x and 1.10x (two short).
 SEND_INTERVAL_S = 0.5
 _REPLY_MARGIN = 0.9  # the writer answers at 90% of a deadline, so its answer arrives in time
+# A held bus (the run ``tracelet run`` starts before the program's own ``start_logging`` may
+# rename or redirect it) ships nothing until it is released: by ``release()``, a flush or stop,
+# the first metrics Lightning hands its loggers, a full chunk of events, or at the latest this
+# long after the start.
+HOLD_MAX_S = 30.0
 
 
 class DeferredMetrics(NamedTuple):
@@ -82,6 +87,7 @@ class EventBus:
         backends: list[BackendSpec],
         capacity: int,
         writer: str = "process",
+        hold: bool = False,
     ) -> None:
         self._capacity = capacity
         self._buffer: collections.deque[Any] = collections.deque()
@@ -109,6 +115,10 @@ class EventBus:
         if self._transport is None:
             self._transport = ThreadTransport(self._on_reply)
         self._buffer.append(Control("init", 0, 0.0, Init(run, backends, capacity)))
+        self._hold_lock = threading.Lock()
+        self._released = threading.Event()
+        if not hold:
+            self._released.set()
         self._sender = threading.Thread(target=self._send_loop, name="tracelet-sender", daemon=True)
         self._sender.start()
         _live_buses.add(self)
@@ -123,6 +133,30 @@ class EventBus:
         buffer.append(event)
         if len(buffer) >= CHUNK and not self._wake.is_set():
             self._wake.set()
+
+    @property
+    def held(self) -> bool:
+        """Nothing has left this process yet: the run can still be reconfigured."""
+        return not self._released.is_set()
+
+    def reconfigure(self, run: RunInfo, backends: list[BackendSpec], capacity: int) -> bool:
+        """Open the run as ``run`` in ``backends`` instead; False once the bus has been released."""
+        with self._hold_lock:
+            buffer = self._buffer
+            if self._released.is_set() or not buffer or type(buffer[0]) is not Control:
+                return False
+            buffer[0] = Control("init", 0, 0.0, Init(run, backends, capacity))
+            self._capacity = capacity
+            self._names = [spec.name for spec in backends]
+            with self._stats_lock:
+                self._stats = {name: BackendStats(name) for name in self._names}
+            return True
+
+    def release(self) -> None:
+        """Start shipping events to the writer (a no-op unless the bus was held)."""
+        with self._hold_lock:
+            self._released.set()
+        self._wake.set()
 
     def flush(self, timeout: float) -> Outcome:
         """Wait until every backend has handled everything emitted so far, or ``timeout`` passes."""
@@ -182,6 +216,7 @@ class EventBus:
     def _request(self, kind: str, timeout: float, payload: Any = None) -> Outcome:
         if self._dead or self._forked:
             return Outcome(False, self.stats())
+        self.release()
         started = time.monotonic()
         token = next(self._tokens)
         answered = threading.Event()
@@ -209,6 +244,7 @@ class EventBus:
 
     def _send_loop(self) -> None:
         buffer = self._buffer
+        self._wait_for_release()
         while True:
             self._wake.wait(SEND_INTERVAL_S)
             self._wake.clear()
@@ -230,6 +266,15 @@ class EventBus:
                     self._writer_lost(chunk, err)
             if self._stopping and not buffer:
                 return
+
+    def _wait_for_release(self) -> None:
+        deadline = time.monotonic() + HOLD_MAX_S
+        while not self._released.wait(SEND_INTERVAL_S):
+            self._wake.clear()
+            # list() copies the deque in one C call: safe while the training thread appends
+            training = any(type(item) in (HostMetrics, DeferredMetrics) for item in list(self._buffer))
+            if training or len(self._buffer) >= CHUNK or self._dead or time.monotonic() >= deadline:
+                self.release()
 
     def _next_chunk(self, count: int) -> list[Any]:
         """The next ``count`` items of the buffer, values read (fewer if the writer's death emptied it)."""

@@ -322,12 +322,14 @@ def resolve(
     config: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
     config_label: Callable[[str], str] | None = None,
+    environment_first: bool = False,
 ) -> Settings:
     """Merge the sources with their precedence and validate every value.
 
     ``arguments`` holds only the explicit ``start_logging`` arguments that are not None;
     ``config_label(key)`` names where a ``config`` entry came from in messages (default
-    ``config['key']``; ``tracelet run`` says ``--config key=``).
+    ``config['key']``; ``tracelet run`` says ``--config key=``). ``environment_first`` puts the
+    environment before the arguments (a program's ``start_logging`` under ``tracelet run``).
     """
     environ = os.environ if environ is None else environ
     config = dict(config or {})
@@ -343,7 +345,7 @@ def resolve(
         )
     values: dict[str, Any] = {}
     for option in OPTIONS:
-        found = _given(option, arguments, config, environ, config_label)
+        found = _given(option, arguments, config, environ, config_label, environment_first)
         if found is None:
             values[option.key] = option.default
             continue
@@ -362,9 +364,11 @@ def source_of(
     arguments: Mapping[str, Any] | None = None,
     config: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    environment_first: bool = False,
 ) -> str:
     """Where the setting ``key`` came from, in the words of an error message."""
-    found = _given(_BY_KEY[key], arguments, dict(config or {}), os.environ if environ is None else environ)
+    environ = os.environ if environ is None else environ
+    found = _given(_BY_KEY[key], arguments, dict(config or {}), environ, environment_first=environment_first)
     return found[1] if found is not None else "the default"
 
 
@@ -374,8 +378,11 @@ def _given(
     config: Mapping[str, Any],
     environ: Mapping[str, str],
     config_label: Callable[[str], str] | None = None,
+    environment_first: bool = False,
 ) -> tuple[Any, str] | None:
     """The raw value of ``option`` from the first source that has it, and that source's name."""
+    if environment_first and option.env in environ:
+        return environ[option.env], f"environment variable {option.env}"
     if arguments and arguments.get(option.key) is not None:
         return arguments[option.key], f"argument {option.key}="
     if option.key in config:
