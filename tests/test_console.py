@@ -98,6 +98,33 @@ def test_a_process_killed_hard_still_leaves_what_it_printed_up_to_the_last_flush
     assert "printed before the kill" in _console_log(tmp_path)
 
 
+# Lightning imported before tracking starts: its logging handlers already hold sys.stderr
+LIGHTNING_FIRST = textwrap.dedent("""
+    import logging, sys
+    sys.path.insert(0, {tests!r})
+    import lightning.pytorch as pl
+    import tracelet
+    from helpers import make_trainer, tiny_loaders, tiny_module_class
+
+    tracelet.start_logging(project="console")
+    pl.seed_everything(3)
+    make_trainer(enable_model_summary=True, max_epochs=1).fit(tiny_module_class()(), *tiny_loaders())
+    tracelet.stop_logging()
+    (handler,) = logging.getLogger("lightning.pytorch").handlers
+    assert handler.stream is sys.stderr, handler.stream  # given back
+""")
+
+
+def test_lightning_lines_are_captured_when_lightning_is_imported_first(tmp_path):
+    (tmp_path / "job.py").write_text(LIGHTNING_FIRST.format(tests=str(Path(__file__).parent)))
+    env = {**os.environ, "TRACELET_TRACK_CONSOLE": "1"}
+    out = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    log = _console_log(tmp_path)
+    for line in ("Seed set to 3", "Trainable params", "`Trainer.fit` stopped: `max_epochs=1` reached."):
+        assert line in out.stderr and line in log
+
+
 def test_carriage_returns_keep_the_last_state_and_crlf_is_a_newline():
     collapser = LineCollapser()
     assert collapser.feed("err", "a\rb\rc") == []

@@ -150,6 +150,20 @@ def test_system_metrics_reach_mlflow_with_sample_steps_and_wall_clock_times(monk
     assert series["system/gpu/1/power_w"][0][1] == 151.5
 
 
+def test_the_first_cpu_readings_measure_a_real_period_not_zero():
+    from tracelet import api
+
+    tracelet.start_logging(config={"track_system": True, "metrics_interval": 1})
+    collector = next(c for c in api._collectors if isinstance(c, SystemCollector))
+    deadline = time.monotonic() + 60
+    while collector.samples < 1 and time.monotonic() < deadline:
+        sum(range(10_000))  # this process is busy from the start
+    report = tracelet.stop_logging()
+    series = mlflow_series(report.backends["mlflow"].location.run_id)
+    assert series["system/process_cpu_percent"][0][1] > 0
+    assert series["system/cpu_percent"][0][1] > 0
+
+
 def test_training_series_keep_their_axis_beside_system_metrics(tmp_path):
     expected = _oracle("lightning.pytorch", tmp_path)
     exp = tracelet.start_logging(

@@ -223,3 +223,33 @@ def test_a_real_backend_failing_part_way_through_a_batch_stores_every_point_once
         assert mlflow_run(stats.location.run_id, stats.location.uri).data.params == {
             f"p{i}": str(i) for i in range(150)
         }
+
+
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        (
+            ConnectionError(
+                "HTTPConnectionPool(host='127.0.0.1', port=5999): Max retries exceeded with url: /api "
+                '(Caused by NewConnectionError("...: Failed to establish a new connection: [Errno 111] '
+                'Connection refused")) while calling http://127.0.0.1:5999/api/2.0/mlflow/runs/create'
+            ),
+            "cannot reach http://127.0.0.1:5999 (connection refused)",
+        ),
+        (OSError("[Errno -2] Name or service not known"), "cannot reach the server (host name not found)"),
+        (RuntimeError("API request to https://mlflow.team:443/x failed: 503 Server Error"), None),
+        (ValueError("bad value\n" + "x" * 500), "ValueError: bad value"),
+        (RuntimeError("y" * 500), None),
+    ],
+)
+def test_a_backend_failure_is_one_short_line(error, expected):
+    from tracelet.failures import describe
+
+    line = describe(error)
+    assert "\n" not in line and len(line) <= 200
+    if expected is not None:
+        assert line == expected
+    elif "503" in str(error):
+        assert line == "HTTP error from https://mlflow.team:443 (HTTP 503)"
+    else:
+        assert line.endswith("...") and line.startswith("RuntimeError: yyy")

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tracelet import _log
+from tracelet import _log, failures
 from tracelet.backends.base import Backend, RunGone, RunInfo, RunLocation, WriteInterrupted
 from tracelet.events import Event, RunEnd
 
@@ -220,11 +220,10 @@ class BackendWorker:
                 if self._retry_after(attempt, err, "open"):
                     attempt += 1
                     continue
-                self._disable(
-                    f"{type(err).__name__}: {err}", "backend failed to open", counts_as_failed=False
-                )
+                self._disable(failures.describe(err), "backend failed to open", counts_as_failed=False)
+                log.debug("backend %r failed to open", self.name, exc_info=err)
                 log.warning(
-                    "backend %r disabled for this run: it failed to open (%s)%s",
+                    "backend %r disabled for this run: it failed to open (%s); training goes on%s",
                     self.name,
                     self.stats.error,
                     self._replay_advice(),
@@ -351,7 +350,8 @@ class BackendWorker:
     def _give_up(self, batch: list[Event], err: Exception, reason: str) -> None:
         with self._cond:
             self.stats.fail(len(batch), reason)
-        self._disable(f"write failed: {type(err).__name__}: {err}", reason, counts_as_failed=True)
+        self._disable(f"write failed: {failures.describe(err)}", reason, counts_as_failed=True)
+        log.debug("backend %r failed to write", self.name, exc_info=err)
         if isinstance(err, RunGone):
             log.warning(
                 "backend %r: %s. Nothing more is sent there for this run; what it did not receive is "
@@ -362,11 +362,10 @@ class BackendWorker:
             )
             return
         log.warning(
-            "backend %r failed to write (%s: %s) after %d attempts and is disabled for this run; "
-            "what it did not receive is counted as failed%s",
+            "backend %r failed to write (%s) after %d attempts and is disabled for this run; training "
+            "goes on, and what it did not receive is counted as failed%s",
             self.name,
-            type(err).__name__,
-            err,
+            failures.describe(err),
             len(self._retry_delays) + 1,
             self._replay_advice(),
         )

@@ -2,7 +2,9 @@
 the run's ``console.log`` artifact.
 
 The terminal sees exactly what it would see without tracelet: the tee hands every write to
-the original stream first, unchanged. Capturing costs the writer a deque append — no I/O,
+the original stream first, unchanged. Logging handlers that already hold the original streams
+(Lightning's, made when it is imported before tracking starts) write through the tee too, until
+the run stops. Capturing costs the writer a deque append — no I/O,
 no lock; a background thread turns the text into lines every few seconds, keeping only the
 last state of carriage-return redraws (progress bars), up to a size cap. The file is logged
 as an artifact when the run stops, also after a crash (the traceback included).
@@ -11,6 +13,7 @@ as an artifact when the run stops, also after a crash (the traceback included).
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import re
 import sys
@@ -87,13 +90,31 @@ class ConsoleCapture:
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracelet-console", daemon=True)
         self._originals: tuple[Any, Any] = (None, None)
+        self._handlers: list[tuple[logging.StreamHandler, Any]] = []
 
     def start(self) -> None:
         self._originals = (sys.stdout, sys.stderr)
         sys.stdout = _Tee(sys.stdout, self, "stdout")
         sys.stderr = _Tee(sys.stderr, self, "stderr")
+        self._redirect_handlers({id(self._originals[0]): sys.stdout, id(self._originals[1]): sys.stderr})
         self.recording = True
         self._thread.start()
+
+    def _redirect_handlers(self, tees: dict[int, _Tee]) -> None:
+        """Point logging handlers that write to the original streams at the tees."""
+        loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+        for logger in loggers:
+            for handler in getattr(logger, "handlers", ()):
+                tee = tees.get(id(getattr(handler, "stream", None)))
+                if tee is not None and type(handler) is logging.StreamHandler:
+                    self._handlers.append((handler, handler.setStream(tee)))
+
+    def _restore_handlers(self) -> None:
+        while self._handlers:
+            handler, original = self._handlers.pop()
+            stream = handler.stream
+            if isinstance(stream, _Tee) and stream._capture is self:
+                handler.setStream(original)
 
     def stop(self) -> str:
         """Put the original streams back, write what is left, close; returns the file's path."""
@@ -103,6 +124,7 @@ class ConsoleCapture:
             sys.stdout = stdout
         if isinstance(sys.stderr, _Tee) and sys.stderr._capture is self:
             sys.stderr = stderr
+        self._restore_handlers()
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join(2.0)

@@ -103,8 +103,11 @@ def _io_counters(psutil: Any) -> tuple[Any, Any]:
     return disk, net
 
 
+FIRST_SAMPLE_AFTER_S = 1.0
+
+
 class SystemCollector:
-    """Samples at start and then every ``interval`` seconds until ``stop``."""
+    """Samples a second after start and then every ``interval`` seconds until ``stop``."""
 
     def __init__(self, experiment: Experiment, interval: float) -> None:
         self._experiment = experiment
@@ -125,6 +128,9 @@ class SystemCollector:
     def _run(self) -> None:
         try:
             self._sampler = SystemSampler()
+            # CPU shares are measured since the previous reading: the first one needs a period
+            if self._stopped.wait(min(FIRST_SAMPLE_AFTER_S, self._interval)):
+                return
             while not self._stopped.is_set():
                 self._emit(self._sampler.sample())
                 self._stopped.wait(self._interval)
