@@ -1,4 +1,4 @@
-"""A backend plugin in 30 lines: every metric as one JSON line in ``metrics.jsonl``.
+"""A backend plugin in 30 lines: every metric as one JSON line in ``example-output/metrics.jsonl``.
 
 A backend is a class with ``open(run)``, ``write(batch)`` and ``close(status)``; tracelet
 calls them on the backend's own thread in its writer process. In a package, register it
@@ -26,7 +26,8 @@ from tracelet.events import Event, Metric
 
 class JsonLinesBackend:
     def open(self, run: RunInfo) -> RunLocation:
-        self._path = os.path.abspath("metrics.jsonl")
+        self._path = os.path.abspath(os.path.join("example-output", "metrics.jsonl"))
+        os.makedirs(os.path.dirname(self._path), exist_ok=True)
         self._file = open(self._path, "a", encoding="utf-8")  # noqa: SIM115 - closed in close()
         return RunLocation("jsonl", run.run_uid, self._path, f"cat {self._path}")
 

@@ -7,8 +7,10 @@ tracking backends with its ``global_step``; TensorBoard's own event files are un
     tracelet run --backend mlflow -- torchrun --nproc_per_node=2 examples/plain_pytorch_tensorboard.py
 
 Under ``torchrun`` (gloo, CPU) only rank 0 writes TensorBoard scalars, and tracelet records one
-run. With ``tracelet run`` the script needs no tracelet line at all: set TB_EXAMPLE_AUTOSTARTED=1
-to skip its own ``start_logging`` (the test suite does). TB_EXAMPLE_STEPS sets the length.
+run. Under ``tracelet run`` the script's own ``start_logging`` continues the run ``tracelet run``
+started (its names fill in what the command line does not give); a script without it is
+tracked all the same. TensorBoard's files go to ``example-output/tensorboard`` (or
+TB_EXAMPLE_LOGDIR); TB_EXAMPLE_STEPS sets the length.
 """
 
 from __future__ import annotations
@@ -27,9 +29,7 @@ def main() -> None:
     if distributed:
         dist.init_process_group("gloo")
     rank = dist.get_rank() if distributed else 0
-    own_start = os.environ.get("TB_EXAMPLE_AUTOSTARTED") != "1"
-    if own_start:
-        tracelet.start_logging(exp_name="plain-pytorch", project="tracelet-examples")  # a no-op on rank > 0
+    tracelet.start_logging(exp_name="plain-pytorch", project="tracelet-examples")  # a no-op on rank > 0
 
     torch.manual_seed(rank)
     model = torch.nn.Linear(8, 1)
@@ -37,7 +37,11 @@ def main() -> None:
         model = torch.nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     target = torch.linspace(-1, 1, 8).unsqueeze(1)
-    writer = SummaryWriter(os.environ.get("TB_EXAMPLE_LOGDIR", "runs/plain-pytorch")) if rank == 0 else None
+    writer = (
+        SummaryWriter(os.environ.get("TB_EXAMPLE_LOGDIR", "example-output/tensorboard"))
+        if rank == 0
+        else None
+    )
 
     steps = int(os.environ.get("TB_EXAMPLE_STEPS", "200"))
     for step in range(steps):
@@ -55,7 +59,7 @@ def main() -> None:
     if distributed:
         dist.barrier()  # both ranks tear gloo down together (a rank leaving early was seen to abort)
         dist.destroy_process_group()
-    if own_start and rank == 0:
+    if rank == 0:
         report = tracelet.stop_logging()
         print(f"run in MLflow: {report.backends['mlflow'].location.run_id}")
 

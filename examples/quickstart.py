@@ -3,8 +3,8 @@
 Every ``self.log`` below reaches a local MLflow store (./mlflow.db) with the same keys,
 steps and values Lightning's own loggers would record -- even with ``logger=False``.
 
-    python examples/quickstart.py
-    mlflow ui --backend-store-uri sqlite:///mlflow.db      # then open http://127.0.0.1:5000
+    .venv/bin/python examples/quickstart.py                    # or: make demo
+    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  # then open http://127.0.0.1:5000
 
 Set QUICKSTART_EPOCHS to change the length of the run (the test suite uses 1).
 """
@@ -72,7 +72,7 @@ def main() -> None:
     report = tracelet.stop_logging()
     location = report.backends["mlflow"].location
     print(f"\nrun {experiment.name!r} ({report.status}) is in MLflow as run {location.run_id}")
-    print(f"view it with:\n    {location.view}")
+    print(f"view it: run\n    {location.view}\nthen open\n    {location.url}")
 
 
 if __name__ == "__main__":

@@ -116,7 +116,6 @@ def test_plain_pytorch_example_tracks_what_summary_writer_writes(tmp_path, launc
             "run",
             "--",
             *torchrun,
-            TB_EXAMPLE_AUTOSTARTED="1",
             **env,
         )
     (run,) = _runs(tmp_path)
@@ -169,7 +168,9 @@ def test_custom_backend_example_receives_every_metric(tmp_path):
 
     out = _example(tmp_path, sys.executable, str(EXAMPLES / "custom_backend.py"), PYTHONPATH=str(EXAMPLES))
     assert out.stdout.startswith("100 events -> ")
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = [
+        json.loads(line) for line in (tmp_path / "example-output" / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["step"] for r in records[:-1]] == list(range(100)) and records[-1] == {"status": "FINISHED"}
 
 

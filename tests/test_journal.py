@@ -145,6 +145,22 @@ def test_tracelet_runs_lists_runs_with_status_counts_and_delivery(capsys):
     assert f" {count} " in row
 
 
+def test_tracelet_runs_columns_line_up_with_wide_and_combining_names(capsys):
+    from tracelet.cli import _width
+
+    for name in ("学習-実験", "ünï\u0301code", "a"):
+        tracelet.start_logging(exp_name=name, project="プロジェクト", backend="journal").log_metric("x", 1.0)
+        tracelet.stop_logging()
+    assert cli(["runs"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 4
+    status_column = {
+        _width(line[: line.index(word)])
+        for line, word in zip(lines, ["status", *["FINISHED"] * 3], strict=True)
+    }
+    assert len(status_column) == 1  # every row's status starts in the same terminal column
+
+
 def test_replay_cli_reports_and_rejects_what_is_not_a_journal(tmp_path, capsys):
     _log_a_run(points=10)
     record = _only_journal()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -52,7 +53,14 @@ def test_mlflow_tracking_uri_is_honoured(tmp_path, monkeypatch):
     exp.log_metric("x", 2.0, iteration=1)
     run_id = _finish(exp)
     assert mlflow_series(run_id, uri) == {"x": [(1, 2.0)]}
-    assert exp.locations["mlflow"].view == f"mlflow ui --backend-store-uri {uri}"
+    location = exp.locations["mlflow"]
+    program, *command = location.view.split()
+    assert command == ["ui", "--backend-store-uri", uri]
+    assert shutil.which(program)  # a path to the mlflow beside this Python, which a fresh shell finds
+    assert (
+        location.url
+        == f"http://127.0.0.1:5000/#/experiments/{mlflow_run(run_id, uri).info.experiment_id}/runs/{run_id}"
+    )
 
 
 @pytest.mark.parametrize(

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import unicodedata
 from collections.abc import Sequence
 
 from tracelet import autostart, config, journal
@@ -153,10 +154,19 @@ def _runs(args: argparse.Namespace) -> int:
                 os.path.relpath(record.path),
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    widths = [max(_width(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+        cells = (cell + " " * (width - _width(cell)) for cell, width in zip(row, widths, strict=True))
+        print("  ".join(cells).rstrip())
     return 0
+
+
+def _width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: wide (CJK) characters two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(char) else 2 if unicodedata.east_asian_width(char) in "WF" else 1
+        for char in text
+    )
 
 
 def _delivery_summary(record: journal.Journal) -> str:

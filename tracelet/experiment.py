@@ -282,8 +282,11 @@ def _summary_line(stats: BackendStats, all_done: bool) -> str:
         text += " - tracelet's writer process exited"
     elif stats.state not in ("closed",) and not all_done:
         text += f" - did not finish in time ({stats.pending} events pending, state {stats.state})"
-    if stats.location is not None:
-        text += f" - run {stats.location.run_id}: {stats.location.view}"
+    location = stats.location
+    if location is not None:
+        text += f" - run {location.run_id}: {location.view}"
+        if location.url and location.url != location.view:
+            text += f", then open {location.url}"
     return text
 
 

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tracelet import _log, failures
+from tracelet import _log, commands, failures
 from tracelet.backends.base import Backend, RunGone, RunInfo, RunLocation, WriteInterrupted
 from tracelet.events import Event, RunEnd
 
@@ -278,7 +278,8 @@ class BackendWorker:
         location = self._journal() if self._journal is not None and self.name != "journal" else None
         if location is None:
             return ""
-        return f". The journal keeps every event: tracelet replay {location} --backend {self.name}"
+        command = f"{commands.script('tracelet')} replay {location} --backend {self.name}"
+        return f". The journal keeps every event: {command}"
 
     def _announce_opened(self) -> None:
         if self._on_opened is not None:

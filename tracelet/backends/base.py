@@ -67,6 +67,7 @@ class RunLocation(NamedTuple):
     run_id: str
     uri: str
     view: str  # a command or URL
+    url: str | None = None  # the page that shows the run, once ``view`` (a command) serves it
 
 
 class Backend(Protocol):

@@ -16,7 +16,7 @@ import shutil
 import time
 from typing import Any
 
-from tracelet import journal
+from tracelet import commands, journal
 from tracelet.backends.base import RunInfo, RunLocation
 from tracelet.events import Artifact, Event
 
@@ -55,7 +55,12 @@ class JournalBackend:
         self._fd = os.open(
             os.path.join(self._dir, journal.EVENTS_FILE), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
         )
-        return RunLocation("journal", run.run_uid, self._dir, f"tracelet replay {self._dir} --backend mlflow")
+        return RunLocation(
+            "journal",
+            run.run_uid,
+            self._dir,
+            f"{commands.script('tracelet')} replay {self._dir} --backend mlflow",
+        )
 
     def write(self, batch: list[Event]) -> dict[str, int]:
         assert self._fd is not None

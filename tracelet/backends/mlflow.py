@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from tracelet import _log
+from tracelet import _log, commands
 from tracelet.backends.base import RunGone, RunInfo, RunLocation, WriteInterrupted, count_refused_artifact
 from tracelet.backends.mlflow_rest import batch_sender
 from tracelet.backends.mlflow_sqlite import (
@@ -61,12 +61,17 @@ def default_tracking_uri(backend_url: str | None) -> str:
     return "sqlite:///" + os.path.abspath("mlflow.db")
 
 
-def view_hint(uri: str, experiment_id: str, run_id: str) -> str:
+UI_ADDRESS = "http://127.0.0.1:5000"  # where ``mlflow ui`` serves by default
+
+
+def view_hint(uri: str, experiment_id: str, run_id: str) -> tuple[str, str | None]:
+    """How to see the run: a command and the page it then serves, or the server's page."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+        return f"{uri.rstrip('/')}/{page}", f"{uri.rstrip('/')}/{page}"
     if uri.startswith("databricks"):
-        return f"the Databricks workspace ({uri}), experiment {experiment_id}"
-    return f"mlflow ui --backend-store-uri {uri}"
+        return f"the Databricks workspace ({uri}), experiment {experiment_id}", None
+    return f"{commands.script('mlflow')} ui --backend-store-uri {uri}", f"{UI_ADDRESS}/{page}"
 
 
 class KeyNamer:
@@ -198,7 +203,7 @@ class MLflowBackend:
 
     def _location(self, experiment_id: str) -> RunLocation:
         return RunLocation(
-            "mlflow", self._run_id, self._uri, view_hint(self._uri, experiment_id, self._run_id)
+            "mlflow", self._run_id, self._uri, *view_hint(self._uri, experiment_id, self._run_id)
         )
 
     def _experiment_id(self, name: str) -> str:
