@@ -34,7 +34,7 @@ def test_every_backend_gets_every_event_in_emit_order(writer):
     assert report.done
     for name in ("Recording", "Recording2"):
         lines = recorded(name)
-        assert lines[0] == ["open", "bus", None]
+        assert lines[0] == ["open", "bus", exp.name]
         assert [line[2] for line in lines if line[0] == "metric"] == list(range(20_000))
         assert lines[-2] == ["Params", {"lr": 0.1}]
         assert lines[-1] == ["close", "FINISHED"]

@@ -117,14 +117,15 @@ OPTIONS: tuple[Option, ...] = (
         "TRACELET_PROJECT",
         None,
         _parse_optional_str,
-        "Project: MLflow experiment, W&B project, ClearML project. None: each backend's default.",
+        "Project: MLflow experiment, W&B project, ClearML project. None: MLFLOW_EXPERIMENT_NAME or "
+        "WANDB_PROJECT if set, else the working directory's name.",
     ),
     Option(
         "exp_name",
         "TRACELET_EXPERIMENT_NAME",
         None,
         _parse_optional_str,
-        "Run name. None: the backend generates one.",
+        "Run name, the same in every backend. None: the program's name and the run id's head.",
     ),
     Option(
         "backend",
