@@ -48,4 +48,4 @@ bench: install
 	$(PY) benchmarks/bench_instructions.py
 
 clean:
-	rm -rf $(VENV) mlflow.db mlruns mlartifacts lightning_logs tracelet-runs build
+	rm -rf $(VENV) mlflow.db mlflow.db.lock example-output mlruns mlartifacts lightning_logs tracelet-runs build
