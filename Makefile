@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install.stamp
 
-.PHONY: install demo test lint docs check compat bench clean
+.PHONY: install demo test lint docs check bench-smoke compat bench clean
 
 install: $(STAMP)
 
@@ -30,8 +30,12 @@ lint: install
 docs: install
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
-# everything CI runs: lint, the docs build, the whole suite (fault and load-safety tests included)
-check: lint docs test
+# every benchmark script end to end with a few steps (they measure nothing at this size)
+bench-smoke: install
+	$(PY) -m pytest -q -m benchmark_smoke tests/test_benchmark_smoke.py
+
+# what CI runs first: lint, the docs build, the whole suite, the benchmarks' smoke runs
+check: lint docs test bench-smoke
 
 # the support matrix (noxfile.py): a fresh venv per combination of the oldest and newest releases
 compat: install

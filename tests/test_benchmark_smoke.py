@@ -1,0 +1,84 @@
+"""The benchmarks run end to end in smoke mode (a few steps each): every script of benchmarks/
+works and prints its figures. ``make bench-smoke`` runs these (``make check`` and CI include it);
+``make test`` leaves them out: they measure nothing at this size and take minutes."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.benchmark_smoke
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def test_overhead_benchmark_runs_in_smoke_mode():
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "bench_overhead.py"),
+            "--steps",
+            "30",
+            "--rounds",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "tracelet-3" in out.stdout and "tracelet-mlflow-warm" in out.stdout
+    assert out.stdout.count("dropped or failed in all runs: 0") == 3  # one line per tracelet configuration
+    assert "tracelet-3         median " in out.stdout  # the pair ratio line
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "expect"),
+    [
+        ("bench_paired.py", ["--steps", "30", "--pairs", "1"], "pair ratio median"),
+        ("bench_interleaved.py", ["--steps", "300", "--block", "20", "--fits", "1"], "capture on / off"),
+        ("bench_twins.py", ["--rounds", "4", "--block", "20"], "tracked / untracked twin"),
+        (  # the twins take the tracked part in turns: each stops and starts tracking mid-fit
+            "bench_twins.py",
+            ["--swap", "--pairs", "2", "--rounds", "4", "--block", "20"],
+            "flushed everything: True, lost 0",
+        ),
+        ("bench_load.py", ["--events", "20000"], "bus.emit on the calling thread"),
+        ("bench_ddp.py", ["--rounds", "1", "--epochs", "1"], "with tracelet"),
+        ("bench_writer.py", ["--steps", "400", "--repeats", "1"], "journal+mlflow"),
+    ],
+)
+def test_other_benchmarks_run_in_smoke_mode(script, args, expect):
+    out = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert expect in out.stdout
+
+
+@pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="valgrind (callgrind) is not installed")
+def test_instruction_benchmark_counts_a_tracked_and_an_untracked_step():
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(BENCHMARKS / "bench_instructions.py"),
+            "--steps",
+            "10",
+            "--cache",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    # a smoke run: 10 steps are too few to resolve the ~1% a step costs (one collection of the
+    # garbage collector moves a fit's count by more); the figure itself comes from the default 150
+    assert re.search(r"tracelet adds -?[\d.]+% on the training thread", out.stdout), out.stdout
+    assert re.search(r"cycle estimate +[\d,]+ -> +[\d,]+ +\(\+-?[\d.]+%\)", out.stdout), out.stdout
