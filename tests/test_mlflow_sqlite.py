@@ -267,16 +267,14 @@ def _rebuild_with_required_column(path: str, table: str) -> None:
     connection.close()
 
 
-@pytest.mark.parametrize("case", ["new store", "new experiment", "other schema version", "unknown column"])
+@pytest.mark.parametrize("case", ["new store", "other schema version", "unknown column"])
 def test_mlflow_does_what_the_direct_path_must_not(tmp_path, store, monkeypatch, case):
-    """MLflow creates a new store and a new experiment; once the run exists the direct path takes
-    the writes. A schema it does not know is left to MLflow entirely."""
+    """MLflow creates a new store; once the run exists the direct path takes the writes. A schema
+    it does not know is left to MLflow entirely."""
     path = mlflow_sqlite.store_path(store)
     run = {}
     if case == "new store":
         store = f"sqlite:///{tmp_path / 'new.db'}"
-    elif case == "new experiment":
-        run = {"project": "brand-new"}
     elif case == "other schema version":
         monkeypatch.setattr(mlflow_sqlite, "VERIFIED_HEADS", {})
     else:
@@ -284,7 +282,7 @@ def test_mlflow_does_what_the_direct_path_must_not(tmp_path, store, monkeypatch,
     backend = MLflowBackend()
     backend.open(sample_run(backend_url=store, **run))
     assert backend._client_instance is not None, "MLflow made the run"
-    direct = case in ("new store", "new experiment")
+    direct = case == "new store"
     assert (backend._local is not None) is direct
     if case == "unknown column":
         return  # MLflow's own client refuses to work on a schema it does not know either
@@ -293,6 +291,30 @@ def test_mlflow_does_what_the_direct_path_must_not(tmp_path, store, monkeypatch,
     stored = _stored(backend)
     assert stored["latest"] == {"loss": 1.0} and stored["params"] == {"lr": "0.1"}
     assert stored["info"][1] == "FINISHED" and stored["info"][0]
+
+
+def test_a_new_experiment_made_directly_reads_back_as_one_mlflow_made(store, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # MLflow's client puts a new experiment's artifacts under ./mlruns
+    backend, _ = _open(store, True, monkeypatch, project="made-directly")  # MLflow not imported
+    client = MlflowClient(tracking_uri=store)
+    by_mlflow = client.get_experiment(client.create_experiment("made-by-mlflow"))
+    directly = client.get_experiment_by_name("made-directly")
+    assert int(by_mlflow.experiment_id) == int(directly.experiment_id) + 1  # the same id sequence
+
+    def seen(experiment) -> tuple:
+        location = experiment.artifact_location.replace(experiment.experiment_id, "<id>")
+        return location, experiment.lifecycle_stage, experiment.tags, experiment.creation_time > 0
+
+    assert seen(directly) == seen(by_mlflow) == (f"{tmp_path}/mlruns/<id>", "active", {}, True)
+    assert directly.last_update_time == directly.creation_time
+    backend.write([Metric("loss", 1.0, 0, T0)])
+    backend.close("FINISHED")
+    stored = _stored(backend)
+    assert stored["latest"] == {"loss": 1.0} and stored["info"][4] == directly.experiment_id
+    # a name MLflow keeps for a deleted experiment: MLflow's own rules, not a second experiment
+    client.delete_experiment(by_mlflow.experiment_id)
+    local = LocalStore.connect(store)
+    assert local.experiment("made-by-mlflow") is None and local.create_experiment("made-by-mlflow") is None
 
 
 def test_no_direct_path_for_other_stores_or_with_workspaces(tmp_path, store, monkeypatch):

@@ -162,7 +162,7 @@ class MLflowBackend:
         start_ms = int(run.started_at * 1000)
         store = LocalStore.connect(uri)
         if store is not None:
-            experiment = store.experiment(experiment_name)
+            experiment = store.experiment(experiment_name) or store.create_experiment(experiment_name)
             if experiment is not None:
                 self._local = store.create_run(experiment, run.exp_name, start_ms, tags)
                 if self._local is not None:

@@ -4,7 +4,7 @@ Why: importing MLflow and building its client cost ~1.9 s of CPU here, nearly al
 writer process's start-up, and that start-up overlaps the first seconds of training (on a
 2-vCPU VM the writer's CPU is partly training's). MLflow's ``log_batch`` also builds an ORM
 object per metric (~150 us of CPU each). For the embedded default, ``sqlite:///<cwd>/mlflow.db``,
-this module creates the run in an existing experiment, stores metrics, params and tags, copies
+this module creates the experiment and the run, stores metrics, params and tags, copies
 artifacts into the run's local artifact directory and ends the run, with the standard
 library's ``sqlite3`` (a few ms to open, a few us of CPU per metric).
 
@@ -17,7 +17,7 @@ It writes only where the schema is known to be the one the installed MLflow woul
 
 Everything else is declined (``None`` or ``False``, nothing written) and the caller does it
 through ``MlflowClient``, importing MLflow only then, so MLflow's own rules and messages apply:
-a store that does not exist yet (MLflow creates its schema), a new or deleted experiment, a
+a store that does not exist yet (MLflow creates its schema), a deleted experiment, a
 name or value MLflow's validation would refuse, a changed param, a ``mlflow.runName`` tag, a
 point already stored (a retried batch), a run no longer active, a locked database, an
 artifact location that is not a local directory.
@@ -54,6 +54,8 @@ log = logging.getLogger(__name__)
 MAX_KEY = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
 MAX_PARAM_VALUE = 6000  # MAX_PARAM_VAL_LENGTH
 MAX_TAG_VALUE = 8000  # MAX_TAG_VAL_LENGTH
+MAX_EXPERIMENT_NAME = 500  # MAX_EXPERIMENT_NAME_LENGTH
+DEFAULT_ARTIFACT_ROOT = "./mlruns"  # DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH, resolved in the working directory
 RUN_NAME_TAG = "mlflow.runName"
 KEY_CHARACTERS = r"/\w.\- :"  # MLflow's validate_param_and_metric_name (not on Windows)
 _VALID_KEY = re.compile(f"[{KEY_CHARACTERS}]*")  # as a full match
@@ -365,6 +367,33 @@ class LocalStore:
         if found is None or found[2] != "active" or not found[1] or _local_directory(found[1]) is None:
             return None
         return Experiment(str(found[0]), found[1])
+
+    def create_experiment(self, name: str) -> Experiment | None:
+        """A new experiment as ``MlflowClient.create_experiment`` makes it in this store, its
+        artifacts under ``./mlruns/<id>`` of the working directory (MLflow's default artifact root
+        for a client of a SQLite store); None where MLflow must (a name it would refuse, a name
+        taken meanwhile or by a deleted experiment)."""
+        if not name or len(name) > MAX_EXPERIMENT_NAME:
+            return None
+        now = int(time.time() * 1000)
+        root = os.path.abspath(DEFAULT_ARTIFACT_ROOT)
+        try:
+            with self._transaction() as cursor:
+                cursor.execute(
+                    "INSERT INTO experiments (name, lifecycle_stage, creation_time, last_update_time, "
+                    "workspace) VALUES (?, 'active', ?, ?, ?)",
+                    (name, now, now, _DEFAULT_WORKSPACE),
+                )
+                experiment_id = cursor.lastrowid
+                location = posixpath.join(root, str(experiment_id))
+                cursor.execute(
+                    "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                    (location, experiment_id),
+                )
+        except sqlite3.Error as err:
+            log.debug("could not create experiment %r directly (%s); MLflow creates it", name, err)
+            return None
+        return Experiment(str(experiment_id), location)
 
     def create_run(
         self, experiment: Experiment, run_name: str | None, start_time_ms: int, tags: Mapping[str, str]
