@@ -11,6 +11,8 @@ printed with a bootstrap interval.
     python benchmarks/bench_overhead.py                 # 2000 steps, 5 rounds
     python benchmarks/bench_overhead.py --steps 200 --rounds 1   # a smoke run
     python benchmarks/bench_overhead.py --server        # against a team's MLflow server
+    python benchmarks/bench_overhead.py --busy 2 --steps 3000 --rounds 3    # every core busy
+    python benchmarks/bench_overhead.py --busy 0 --loader-workers 2         # DataLoader workers on every core
 
 ``--server`` starts the test suite's team server (PostgreSQL + ``mlflow server`` with proxied
 artifacts on 127.0.0.1, ``tests/team_server.py``), compares tracelet and Lightning's
@@ -59,6 +61,8 @@ TRACELET_CONFIG = {
     "tracelet-server": {},
 }
 SERVER_URL = "TRACELET_BENCH_SERVER"  # the measurement processes find the team server here
+LOADER_ENV = "TRACELET_BENCH_LOADER"  # "<workers>,<CPU microseconds per sample>" for the measurement
+BUSY_DEFAULT = ["logger=False", "CSVLogger", "WandbLogger", "tracelet-mlflow", "tracelet-3"]
 
 
 def _job(config: str, steps: int, workdir: str) -> dict:
@@ -72,7 +76,24 @@ def _job(config: str, steps: int, workdir: str) -> dict:
     )
     import lightning.pytorch as pl
     import torch
-    from torch.utils.data import DataLoader, TensorDataset
+    from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+    workers, item_cost_us = (int(v) for v in os.environ.get(LOADER_ENV, "0,0").split(","))
+
+    class Augmented(Dataset):
+        """Samples that cost CPU to make, as augmentation does: DataLoader workers stay busy."""
+
+        def __init__(self, data: TensorDataset) -> None:
+            self.data = data
+
+        def __len__(self) -> int:
+            return len(self.data)
+
+        def __getitem__(self, index: int):
+            until = time.thread_time() + item_cost_us / 1e6
+            while time.thread_time() < until:
+                pass
+            return self.data[index]
 
     class Tiny(pl.LightningModule):
         def __init__(self):
@@ -103,12 +124,19 @@ def _job(config: str, steps: int, workdir: str) -> dict:
             accelerator="cpu",
             devices=1,
         )
-        started = time.perf_counter()
-        trainer.fit(Tiny(), DataLoader(data, batch_size=4))
+        if workers:
+            loader = DataLoader(Augmented(data), batch_size=4, num_workers=workers, persistent_workers=True)
+        else:
+            loader = DataLoader(data, batch_size=4)
+        started, cpu = time.perf_counter(), time.thread_time()
+        trainer.fit(Tiny(), loader)
+        thread_cpu[0] = time.thread_time() - cpu
         return time.perf_counter() - started
 
+    thread_cpu = [0.0]  # the training thread's CPU time in the last fit
+
     fit(20, False)  # warm up imports and caches the same way for every configuration
-    result = {}
+    result: dict = {}
     if config == "logger=False":
         result["fit"] = fit(steps, False)
     elif config == "CSVLogger":
@@ -138,6 +166,7 @@ def _job(config: str, steps: int, workdir: str) -> dict:
         if config.endswith("-warm"):  # the writer's start-up (MLflow's import: ~2 s of CPU) ends first
             tracelet.get_active_experiment().flush()
         result["fit"] = fit(steps, False)
+        result["writer_cpu"] = _writer_cpu(tracelet.get_active_experiment())
         started = time.perf_counter()
         report = tracelet.stop_logging()
         result["stop"] = time.perf_counter() - started
@@ -145,7 +174,30 @@ def _job(config: str, steps: int, workdir: str) -> dict:
         result["dropped"] = sum(stats.dropped + stats.failed for stats in report.backends.values())
         result["peak_queue"] = max(stats.high_water for stats in report.backends.values())
         result["done"] = report.done
+    result["thread_cpu"] = thread_cpu[0]
     return result
+
+
+def _writer_cpu(experiment) -> float:
+    """CPU seconds of tracelet's writer process and its children (W&B's service) so far,
+    measured once everything the fit logged is written."""
+    import psutil
+
+    experiment.flush(300)
+    writer = psutil.Process(experiment._bus._transport.pid)
+    return sum(sum(p.cpu_times()[:2]) for p in [writer, *writer.children(recursive=True)])
+
+
+@contextlib.contextmanager
+def _busy_loops(count: int):
+    """``count`` processes spinning beside every measurement, as other jobs on the node would."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(count)]
+    try:
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
 
 
 def _measure(config: str, steps: int, workdir: str) -> dict:
@@ -216,6 +268,14 @@ def main() -> None:
     )
     parser.add_argument("--server", action="store_true", help="start a team's MLflow server and use it")
     parser.add_argument("--rate-points", type=int, default=200_000, help="points of the --server rate probe")
+    parser.add_argument("--busy", type=int, default=0, help="busy-loop processes running beside every fit")
+    parser.add_argument(
+        "--loader-workers",
+        type=int,
+        default=0,
+        help="DataLoader workers whose samples cost --item-cost-us of CPU each (0: no workers)",
+    )
+    parser.add_argument("--item-cost-us", type=int, default=1200, help="CPU microseconds per sample")
     parser.add_argument("--one", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -224,7 +284,11 @@ def main() -> None:
         return
 
     byte_compile_tracelet()
+    if args.loader_workers:
+        os.environ[LOADER_ENV] = f"{args.loader_workers},{args.item_cost_us}"
     default = SERVER_CONFIGS if args.server else [c for c in CONFIGS if c not in SERVER_CONFIGS[1:]]
+    if args.busy or args.loader_workers:
+        default = BUSY_DEFAULT
     chosen = ["logger=False", *(c for c in args.configs or default if c != "logger=False")]
     samples: dict[str, list[dict]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as root, contextlib.ExitStack() as stack:
@@ -237,6 +301,7 @@ def main() -> None:
             print(f"team server up at {server.url} (PostgreSQL)", file=sys.stderr)
         for name in CONFIGS:
             os.makedirs(os.path.join(root, name))
+        stack.enter_context(_busy_loops(args.busy))
         for round_index in range(args.rounds):
             order = list(chosen)
             random.Random(round_index).shuffle(order)
@@ -251,16 +316,21 @@ def main() -> None:
 
 def _report(args: argparse.Namespace, chosen: list[str], samples: dict[str, list[dict]]) -> None:
     baseline = statistics.median(s["fit"] for s in samples["logger=False"])
+    load = f"; {args.busy} busy loops beside it" if args.busy else ""
+    if args.loader_workers:
+        load += f"; {args.loader_workers} DataLoader workers, {args.item_cost_us} us of CPU per sample"
     print(
-        f"\ntrainer.fit of {args.steps} steps, 3 metrics/step, log_every_n_steps=1; "
+        f"\ntrainer.fit of {args.steps} steps, 3 metrics/step, log_every_n_steps=1{load}; "
         f"median of {args.rounds} interleaved rounds"
     )
-    print(f"{'configuration':<18} {'fit median (s)':>15} {'ratio':>7}   runs (s)")
+    cpu_baseline = statistics.median(s["thread_cpu"] for s in samples["logger=False"])
+    print(f"{'configuration':<18} {'fit median (s)':>15} {'ratio':>7} {'thread CPU':>11}   runs (s)")
     for name in chosen:
         fits = [s["fit"] for s in samples[name]]
         median = statistics.median(fits)
         runs = " ".join(f"{f:.2f}" for f in fits)
-        print(f"{name:<18} {median:>15.3f} {median / baseline:>6.2f}x   {runs}")
+        cpu = statistics.median(s["thread_cpu"] for s in samples[name]) / cpu_baseline
+        print(f"{name:<18} {median:>15.3f} {median / baseline:>6.2f}x {cpu:>10.2f}x   {runs}")
     print("\npaired with the baseline run of the same round:")
     for name in chosen[1:]:
         pairs = [s["fit"] / b["fit"] for s, b in zip(samples[name], samples["logger=False"], strict=True)]
@@ -273,6 +343,13 @@ def _report(args: argparse.Namespace, chosen: list[str], samples: dict[str, list
             f"stop_logging median {statistics.median(s['stop'] for s in runs):.3f}s, together median "
             f"{statistics.median(lifecycle):.3f}s (max {max(lifecycle):.3f}s); all flushed in time: "
             f"{all(s['done'] for s in runs)}"
+        )
+        points = [max(s["sent"].values()) for s in runs]
+        per_point = [s["writer_cpu"] / p * 1e6 for s, p in zip(runs, points, strict=True) if p]
+        writer_cpu = statistics.median(s["writer_cpu"] for s in runs)
+        print(
+            f"  writer process CPU (with its children) median {writer_cpu:.2f}s"
+            f" = {statistics.median(per_point):.0f} us per event sent"
         )
         sent = sorted({tuple(sorted(s["sent"].items())) for s in runs})
         print(
