@@ -1,6 +1,8 @@
 # Override for another CUDA/CPU build: make install TORCH_VERSION=2.14.1
 TORCH_VERSION ?= 2.13.0
 PYTHON ?= python3
+# pytest workers for make test (each takes a whole test file: session fixtures start once per worker)
+TEST_WORKERS ?= 2
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.install.stamp
@@ -21,7 +23,7 @@ demo: install
 	$(PY) examples/quickstart.py
 
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 lint: install
 	$(VENV)/bin/ruff check tracelet tests benchmarks examples noxfile.py
