@@ -237,9 +237,10 @@ def test_a_run_started_without_names_has_one_name_and_project_everywhere(tmp_pat
     name, project = exp.name, exp.project
     assert project == tmp_path.name  # the working directory's name
     assert name == f"{program_name()}-{exp.run_uid[:6]}"  # the program's name and the run's id
-    run = mlflow_run(report.backends["mlflow"].location.run_id)
+    location = report.backends["mlflow"].location
+    run = mlflow_run(location.run_id, location.uri)
     assert run.info.run_name == name
-    assert MlflowClient().get_experiment(run.info.experiment_id).name == project
+    assert MlflowClient(tracking_uri=location.uri).get_experiment(run.info.experiment_id).name == project
     _, wandb_run = wandb_series(report.backends["wandb"].location.uri)
     assert (wandb_run["name"], wandb_run["project"]) == (name, project)
     (record,) = journal.find("tracelet-runs")
