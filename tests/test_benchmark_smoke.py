@@ -16,21 +16,17 @@ pytestmark = pytest.mark.benchmark_smoke
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
-def test_overhead_benchmark_runs_in_smoke_mode():
+def _bench(script: str, *args: str) -> subprocess.CompletedProcess:
+    """Run ``benchmarks/<script>`` to the end; it must succeed."""
     out = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "bench_overhead.py"),
-            "--steps",
-            "30",
-            "--rounds",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
+        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=600
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_overhead_benchmark_runs_in_smoke_mode():
+    out = _bench("bench_overhead.py", "--steps", "30", "--rounds", "1")
     assert "tracelet-3" in out.stdout and "tracelet-mlflow-warm" in out.stdout
     assert out.stdout.count("dropped or failed in all runs: 0") == 3  # one line per tracelet configuration
     assert "tracelet-3         median " in out.stdout  # the pair ratio line
@@ -53,31 +49,12 @@ def test_overhead_benchmark_runs_in_smoke_mode():
     ],
 )
 def test_other_benchmarks_run_in_smoke_mode(script, args, expect):
-    out = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert expect in out.stdout
+    assert expect in _bench(script, *args).stdout
 
 
 @pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="valgrind (callgrind) is not installed")
 def test_instruction_benchmark_counts_a_tracked_and_an_untracked_step():
-    out = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "bench_instructions.py"),
-            "--steps",
-            "10",
-            "--cache",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = _bench("bench_instructions.py", "--steps", "10", "--cache")
     # a smoke run: 10 steps are too few to resolve the ~1% a step costs (one collection of the
     # garbage collector moves a fit's count by more); the figure itself comes from the default 150
     assert re.search(r"tracelet adds -?[\d.]+% on the training thread", out.stdout), out.stdout

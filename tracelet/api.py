@@ -31,9 +31,8 @@ log = _log.get_logger("tracelet")
 
 _lock = threading.RLock()
 _active: Experiment | None = None
-_launched: Experiment | None = (
-    None  # the active run when `tracelet run` started it and no start_logging has yet
-)
+# the active run when `tracelet run` started it and no start_logging has adopted it yet
+_launched: Experiment | None = None
 # settings fixed once the writer has opened the run's backends
 _WHERE_THE_RUN_LIVES = ("project", "exp_name", "backend", "backend_url", "api_key", "journal", "journal_dir")
 _instrumentors: list[Any] = []  # Instrumentor; imported lazily (wrapt) to keep `import tracelet` cheap
@@ -150,9 +149,8 @@ def _adopt(
     if bus is None:  # a non-zero rank records nothing either way
         experiment.settings = settings
         return experiment
-    run = _run_info(settings, experiment.run_uid, experiment.run.started_at, _console)._replace(
-        console_path=experiment.run.console_path if settings.track_console else None
-    )
+    console = _console if settings.track_console else None
+    run = _run_info(settings, experiment.run_uid, experiment.run.started_at, console)
     if bus.reconfigure(run, specs, settings.queue_size):
         experiment.settings, experiment.run = settings, run
         _restart_parts(experiment)
@@ -296,14 +294,11 @@ def _deactivate() -> None:
 def _command_line() -> tuple[str, ...]:
     """The program's command line, secrets removed (every backend and the journal get this one).
 
-    At interpreter start-up (autostart) ``sys.argv`` is not final yet: then ``sys.orig_argv``.
+    At interpreter start-up (autostart) ``sys.argv`` is not final yet: see ``naming.program_argv``.
     """
     from tracelet.collectors.environment import redact_argv
 
-    argv = list(getattr(sys, "argv", []) or [])
-    if (not argv or argv[0] in ("-m", "-c", "")) and getattr(sys, "orig_argv", None):
-        argv = sys.orig_argv[1:]
-    return tuple(redact_argv(argv))
+    return tuple(redact_argv(naming.program_argv()))
 
 
 def _mark_exit_status(code: object) -> None:

@@ -134,11 +134,6 @@ class EventBus:
         if len(buffer) >= CHUNK and not self._wake.is_set():
             self._wake.set()
 
-    @property
-    def held(self) -> bool:
-        """Nothing has left this process yet: the run can still be reconfigured."""
-        return not self._released.is_set()
-
     def reconfigure(self, run: RunInfo, backends: list[BackendSpec], capacity: int) -> bool:
         """Open the run as ``run`` in ``backends`` instead; False once the bus has been released."""
         with self._hold_lock:

@@ -26,16 +26,22 @@ def default_run_name(run_uid: str, argv: Sequence[str] | None = None) -> str:
     return f"{program_name(argv)}-{run_uid[:6]}"
 
 
+def program_argv() -> list[str]:
+    """The program's arguments: ``sys.argv``, or the interpreter's (``sys.orig_argv[1:]``) when
+    the program has not set it yet (at start-up, under ``tracelet run``)."""
+    argv = list(getattr(sys, "argv", None) or [])
+    if (not argv or argv[0] in ("-m", "-c", "")) and getattr(sys, "orig_argv", None):
+        argv = list(sys.orig_argv[1:])
+    return argv
+
+
 def program_name(argv: Sequence[str] | None = None) -> str:
     """``train`` for ``python train.py`` and ``python -m pkg.train``; ``python`` for ``-c`` and the REPL.
 
-    ``argv`` is ``sys.argv``, or the interpreter's arguments (``sys.orig_argv[1:]``) when the
-    program has not set it yet (at start-up, under ``tracelet run``).
+    ``argv`` as ``program_argv()`` gives it (its default).
     """
     if argv is None:
-        argv = list(getattr(sys, "argv", None) or [])
-        if not argv or argv[0] in ("-m", "-c", ""):
-            argv = list(getattr(sys, "orig_argv", [])[1:])
+        argv = program_argv()
     args = iter(argv)
     for arg in args:
         if arg == "-m":

@@ -68,7 +68,8 @@ def view_hint(uri: str, experiment_id: str, run_id: str) -> tuple[str, str | Non
     """How to see the run: a command and the page it then serves, or the server's page."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}"
     if uri.startswith(("http://", "https://")):
-        return f"{uri.rstrip('/')}/{page}", f"{uri.rstrip('/')}/{page}"
+        url = f"{uri.rstrip('/')}/{page}"
+        return url, url
     if uri.startswith("databricks"):
         return f"the Databricks workspace ({uri}), experiment {experiment_id}", None
     return f"{commands.script('mlflow')} ui --backend-store-uri {uri}", f"{UI_ADDRESS}/{page}"
