@@ -166,6 +166,9 @@ def _job(config: str, steps: int, workdir: str) -> dict:
         if config.endswith("-warm"):  # the writer's start-up (MLflow's import: ~2 s of CPU) ends first
             tracelet.get_active_experiment().flush()
         result["fit"] = fit(steps, False)
+        started = time.perf_counter()
+        tracelet.get_active_experiment().flush(300)
+        result["drain"] = time.perf_counter() - started
         result["writer_cpu"] = _writer_cpu(tracelet.get_active_experiment())
         started = time.perf_counter()
         report = tracelet.stop_logging()
@@ -343,6 +346,10 @@ def _report(args: argparse.Namespace, chosen: list[str], samples: dict[str, list
             f"stop_logging median {statistics.median(s['stop'] for s in runs):.3f}s, together median "
             f"{statistics.median(lifecycle):.3f}s (max {max(lifecycle):.3f}s); all flushed in time: "
             f"{all(s['done'] for s in runs)}"
+        )
+        print(
+            "  after the fit, the writer caught up in: median "
+            f"{statistics.median(s['drain'] for s in runs):.2f}s (max {max(s['drain'] for s in runs):.2f}s)"
         )
         points = [max(s["sent"].values()) for s in runs]
         per_point = [s["writer_cpu"] / p * 1e6 for s, p in zip(runs, points, strict=True) if p]

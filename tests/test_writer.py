@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import fake_backends
+import pytest
 
 from tracelet.backends.base import BackendSpec
 from tracelet.dispatcher import Control, Dispatcher, Init
@@ -56,3 +57,54 @@ def test_the_writer_collects_no_garbage_while_backends_open_then_freezes_what_op
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=os.environ
     )
     assert out.returncode == 0, out.stderr
+
+
+def _autogroups() -> bool:
+    try:
+        with open("/proc/sys/kernel/sched_autogroup_enabled") as enabled:
+            return enabled.read().strip() == "1" and os.path.exists("/proc/self/autogroup")
+    except OSError:
+        return False
+
+
+def _group(pid: int | str) -> tuple[str, int]:
+    """(the session group, its nice value) from ``/autogroup-123 nice 19``."""
+    with open(f"/proc/{pid}/autogroup") as group:
+        name, _, nice = group.read().split()
+    return name, int(nice)
+
+
+@pytest.mark.skipif(not _autogroups(), reason="this kernel does not group tasks by session")
+def test_the_writer_yields_the_cpu_to_training_and_takes_its_share_while_training_waits():
+    import psutil
+
+    import tracelet
+    from tracelet import writer
+
+    experiment = tracelet.start_logging(exp_name="priority")
+    pid = experiment._bus._transport.pid
+    assert experiment.flush(60)
+    group, nice = _group(pid)
+    assert group != _group(os.getpid())[0], "the writer has a session, so a session group, of its own"
+    assert nice == writer.BACKGROUND_GROUP_NICENESS, "after a flush the writer is back in the background"
+    assert psutil.Process(pid).nice() == writer.WRITER_NICENESS
+    # while training waits on it (flush, shutdown) the group runs at an ordinary share
+    code = textwrap.dedent(
+        """
+        from tracelet import writer
+        priority = writer._Priority()
+        print(open("/proc/self/autogroup").read().split()[-1])
+        priority.foreground()
+        print(open("/proc/self/autogroup").read().split()[-1])
+        priority.background()
+        print(open("/proc/self/autogroup").read().split()[-1])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, start_new_session=True
+    )
+    assert out.stdout.split() == [
+        str(writer.BACKGROUND_GROUP_NICENESS),
+        "0",
+        str(writer.BACKGROUND_GROUP_NICENESS),
+    ]

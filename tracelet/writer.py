@@ -16,13 +16,15 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from tracelet import _log
-from tracelet.dispatcher import Dispatcher, Reply
+from tracelet.dispatcher import Control, Dispatcher, Reply
 from tracelet.events import KILLED
 from tracelet.transport import read_events, write_frame
 
-WRITER_NICENESS = 10
+WRITER_NICENESS = 10  # the writer's threads, where tasks compete one by one (inside a cgroup)
+BACKGROUND_GROUP_NICENESS = 19  # its session group while training runs (autogroup)
 ABANDON_GRACE_S = 30.0  # how long backends may take to close after the training process vanished
 STATS_INTERVAL_S = 1.0  # how stale the training process's view of delivery may be if this process dies
 GC_DEFERRED_MAX_S = 60.0  # the garbage collector is back on by then, even if a backend is still opening
@@ -56,8 +58,7 @@ class _ForwardWarnings(logging.Handler):
 def main(argv: list[str]) -> int:
     data_fd, reply_fd = int(argv[0]), int(argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # only EOF or a shutdown request end the writer
-    with contextlib.suppress(OSError):  # on a busy machine, training gets the CPU first; we catch up
-        os.nice(WRITER_NICENESS)
+    priority = _Priority()
     channel = _ReplyChannel(reply_fd)
     logger = logging.getLogger(_log.LOGGER_NAME)
     logger.addHandler(_ForwardWarnings(channel))
@@ -68,7 +69,9 @@ def main(argv: list[str]) -> int:
 
     def reply(message: Reply) -> None:
         channel.send(message)
-        if message.kind == "closed":
+        if message.kind == "flushed":
+            priority.background()
+        elif message.kind == "closed":
             closed.set()
 
     dispatcher = Dispatcher(reply)
@@ -78,6 +81,9 @@ def main(argv: list[str]) -> int:
     try:
         while True:
             items = read_events(stream)
+            for item in items:
+                if isinstance(item, Control) and item.kind != "init":  # training waits on it now
+                    priority.foreground(final=item.kind == "shutdown")
             dispatcher.handle(items)
     except EOFError:
         pass
@@ -89,6 +95,52 @@ def main(argv: list[str]) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)  # backend SDKs may leave non-daemon threads behind; the runs are closed
+
+
+class _Priority:
+    """Training gets the CPU first on a busy machine; the writer catches up when it can.
+
+    Linux shares the CPU by one of two groupings, so both are lowered. Inside a cgroup
+    (containers, systemd slices, Slurm jobs) tasks compete one by one and the nice value of
+    the writer's threads orders them. Outside one, where the kernel groups tasks by session
+    (autogroup: most distributions' kernels), the writer, which runs in a session of its own so
+    that a Ctrl+C for training does not reach it, would get a share as large as the whole
+    training session's: a core of its own beside training and its data loaders. The nice
+    value of the writer's session group takes that share back; unlike a thread's nice value it
+    can be raised again without privileges, so while training waits on a flush or a shutdown
+    the writer runs at its full share.
+    """
+
+    AUTOGROUP = "/proc/self/autogroup"
+
+    def __init__(self) -> None:
+        with contextlib.suppress(OSError):  # e.g. already at the limit
+            os.nice(WRITER_NICENESS)
+        self._group = os.path.exists(self.AUTOGROUP)
+        self._ending = False
+        self.background()
+
+    def background(self) -> None:
+        if not self._ending:
+            self._set_group_nice(BACKGROUND_GROUP_NICENESS)
+
+    def foreground(self, final: bool = False) -> None:
+        self._ending = self._ending or final
+        self._set_group_nice(0)
+
+    def _set_group_nice(self, nice: int) -> None:
+        if not self._group:
+            return
+        for _ in range(3):  # the kernel takes one change every 0.1 s from unprivileged processes
+            try:
+                with open(self.AUTOGROUP, "w") as group:
+                    group.write(str(nice))
+                return
+            except BlockingIOError:
+                time.sleep(0.1)
+            except OSError:  # not in the root cgroup, or not allowed: the threads' nice value holds
+                self._group = False
+                return
 
 
 def _report_progress(dispatcher: Dispatcher, channel: _ReplyChannel, closed: threading.Event) -> None:
