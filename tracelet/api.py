@@ -175,6 +175,23 @@ def _adopt(
     return experiment
 
 
+def _name_project(project: str) -> None:
+    """A framework's own project name (Accelerate's ``init_trackers``) names the run's project when
+    nobody else did, while the run has not reached its backends (``tracelet run`` holds it)."""
+    experiment = _active
+    if experiment is None or experiment._bus is None or not project:
+        return
+    if experiment.settings.project is not None or naming.project_from_environment() is not None:
+        return
+    settings = dataclasses.replace(experiment.settings, project=project)
+    run = experiment.run._replace(project=project, settings={**experiment.run.settings, "project": project})
+    if experiment._bus.rename(run):
+        experiment.settings, experiment.run = settings, run
+        log.info("the run's project is %r, as the program's init_trackers names it", project)
+    else:
+        log.debug("init_trackers(%r) came after the run reached its backends; project kept", project)
+
+
 def _restart_parts(experiment: Experiment) -> None:
     """Instrumentation, collectors and console capture again, with the run's new settings."""
     console = _console
@@ -237,7 +254,10 @@ def _activate(experiment: Experiment, console: Any, console_running: bool = Fals
     _active = experiment
     settings = experiment.settings
     if experiment.is_recording and (
-        settings.track_lightning or settings.track_tensorboard or settings.track_env
+        settings.track_lightning
+        or settings.track_tensorboard
+        or settings.track_transformers
+        or settings.track_env
     ):
         from tracelet.instrumentation.base import Safety
 
@@ -250,6 +270,12 @@ def _activate(experiment: Experiment, console: Any, console_running: bool = Fals
             from tracelet.instrumentation.tensorboard import TensorBoardInstrumentor
 
             _instrumentors.append(TensorBoardInstrumentor(experiment, safety))
+        if settings.track_transformers:
+            from tracelet.instrumentation.hf_accelerate import AccelerateInstrumentor
+            from tracelet.instrumentation.hf_trainer import TrainerInstrumentor
+
+            _instrumentors.append(TrainerInstrumentor(experiment, safety))
+            _instrumentors.append(AccelerateInstrumentor(experiment, safety, _name_project))
         if settings.track_env:
             from tracelet.instrumentation.arguments import ArgparseInstrumentor
 

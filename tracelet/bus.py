@@ -147,6 +147,14 @@ class EventBus:
                 self._stats = {name: BackendStats(name) for name in self._names}
             return True
 
+    def rename(self, run: RunInfo) -> bool:
+        """Open the run as ``run`` in the same backends; False once the bus has been released."""
+        with self._hold_lock:
+            first = self._buffer[0] if self._buffer and not self._released.is_set() else None
+        if type(first) is not Control:
+            return False
+        return self.reconfigure(run, first.payload.backends, first.payload.capacity)
+
     def release(self) -> None:
         """Start shipping events to the writer (a no-op unless the bus was held)."""
         with self._hold_lock:

@@ -191,6 +191,13 @@ OPTIONS: tuple[Option, ...] = (
         "Capture SummaryWriter.add_scalar/add_scalars/add_hparams (torch and tensorboardX).",
     ),
     Option(
+        "track_transformers",
+        "TRACELET_TRACK_TRANSFORMERS",
+        True,
+        _parse_bool,
+        "Capture Hugging Face Trainer logs, arguments and checkpoints, and Accelerator.log/init_trackers.",
+    ),
+    Option(
         "track_system",
         "TRACELET_TRACK_SYSTEM",
         True,
@@ -291,6 +298,7 @@ class Settings:
     log_checkpoints: bool
     checkpoint_max_mb: float
     track_tensorboard: bool
+    track_transformers: bool
     track_system: bool
     metrics_interval: float
     track_git: bool

@@ -15,11 +15,16 @@ _PROJECT_VARIABLES = ("MLFLOW_EXPERIMENT_NAME", "WANDB_PROJECT")
 
 
 def default_project() -> str:
+    return project_from_environment() or os.path.basename(os.path.abspath(os.getcwd())) or "tracelet"
+
+
+def project_from_environment() -> str | None:
+    """The project the user's existing MLflow or W&B setup names, if any."""
     for variable in _PROJECT_VARIABLES:
         value = os.environ.get(variable, "").strip()
         if value:
             return value
-    return os.path.basename(os.path.abspath(os.getcwd())) or "tracelet"
+    return None
 
 
 def default_run_name(run_uid: str, argv: Sequence[str] | None = None) -> str:

@@ -1,0 +1,248 @@
+"""Hugging Face Trainer and Accelerate: captured with no code, equal to the Trainer's own integrations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("transformers")
+
+from helpers import assert_same_series, mlflow_series, wandb_series
+from mlflow.tracking import MlflowClient
+
+from tracelet import journal
+from tracelet.events import Metric, Metrics
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "hf_trainer.py"
+TRACELET_ONLY = ("system/", "checkpoint/")  # series tracelet adds beside what the Trainer logs
+
+
+def _run(tmp_path: Path, *command: str, check: bool = True, **env: str) -> subprocess.CompletedProcess:
+    out = subprocess.run(
+        list(command), capture_output=True, text=True, cwd=tmp_path, env={**os.environ, **env}, timeout=300
+    )
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def _only_run(uri: str):
+    client = MlflowClient(tracking_uri=uri)
+    (run,) = [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
+    return run
+
+
+def _merged_series(uri: str) -> dict[str, list[tuple[int, float]]]:
+    """Every run's series in the store, merged. MLflowCallback ends its run at the end of
+    ``train``; the ``evaluate`` after it logs into a run MLflow starts on its own."""
+    client = MlflowClient(tracking_uri=uri)
+    merged: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for experiment in client.search_experiments():
+        for run in client.search_runs([experiment.experiment_id]):
+            for key, points in mlflow_series(run.info.run_id, uri).items():
+                merged[key].extend(points)
+    return {k: sorted(v) for k, v in merged.items()}
+
+
+def _journal_series(tmp_path: Path) -> dict[str, list[tuple[int, float]]]:
+    (record,) = journal.find(tmp_path / "tracelet-runs")
+    series: dict[str, list[tuple[int, float]]] = defaultdict(list)
+    for event in journal.events(record):
+        points = zip(event.names, event.values, strict=True) if isinstance(event, Metrics) else []
+        if isinstance(event, Metric):
+            points = [(event.name, event.value)]
+        for name, value in points:
+            series[name].append((event.step, value))
+    return {k: sorted(v) for k, v in series.items()}
+
+
+def _trainer_part(series: dict) -> dict:
+    return {k: v for k, v in series.items() if not k.startswith(TRACELET_ONLY)}
+
+
+def test_trainer_under_tracelet_run_records_what_its_own_mlflow_callback_records(tmp_path):
+    """The example, unchanged, under ``tracelet run`` with the Trainer's MLflowCallback and
+    TensorBoardCallback on: tracelet's MLflow run, W&B offline run and journal hold, key by key
+    and step by step, what MLflowCallback stored; TensorBoard's copies are not captured again."""
+    assert "tracelet" not in EXAMPLE.read_text().split('"""', 2)[2]
+    oracle, tracked = f"sqlite:///{tmp_path / 'oracle.db'}", f"sqlite:///{tmp_path / 'tracelet.db'}"
+    command = [sys.executable, "-m", "tracelet", "run", "--backend", "mlflow,wandb", "--backend-url", tracked]
+    _run(
+        tmp_path,
+        *command,
+        "--",
+        sys.executable,
+        str(EXAMPLE),
+        "--max-steps",
+        "120",
+        "--eval-steps",
+        "40",
+        "--report-to",
+        "mlflow",
+        "tensorboard",
+        "--output-dir",
+        "out",
+        MLFLOW_TRACKING_URI=oracle,
+        MLFLOW_EXPERIMENT_NAME="hf",
+        TRACELET_TRACK_TENSORBOARD="1",
+    )
+    assert list((tmp_path / "out" / "runs").rglob("events.out.tfevents.*")), (
+        "TensorBoardCallback wrote nothing"
+    )
+    expected = _merged_series(oracle)
+    assert {"loss", "grad_norm", "learning_rate", "epoch", "eval_loss", "train_runtime"} <= set(expected)
+    assert [step for step, _ in expected["loss"]] == list(range(1, 121))
+    assert [step for step, _ in expected["eval_loss"]] == [
+        40,
+        80,
+        120,
+        120,
+    ]  # the last: evaluate() after train()
+
+    run = _only_run(tracked)
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"].startswith("hf_trainer-")
+    stored = mlflow_series(run.info.run_id, tracked)
+    assert_same_series(_trainer_part(stored), expected)
+    assert_same_series(
+        _trainer_part(wandb_series(str(next((tmp_path / "wandb").glob("offline-run-*"))))[0]), expected
+    )
+    assert_same_series(_trainer_part(_journal_series(tmp_path)), expected)
+
+    params = run.data.params
+    assert params["learning_rate"] == "0.001" and params["max_steps"] == "120"  # TrainingArguments
+    assert params["hidden_size"] == "32" and params["num_hidden_layers"] == "2"  # the model's config
+    assert params["metric_for_best_model"] == "eval_loss"
+    tags = run.data.tags
+    best = [value for _, value in expected["eval_loss"][:3]]
+    assert tags["checkpoint.best_path"] == f"out/checkpoint-{40 * (1 + best.index(min(best)))}"
+    assert tags["checkpoint.monitor"] == "eval_loss" and tags["checkpoint.last_path"] == "out/checkpoint-120"
+    assert stored["checkpoint/best_score"] == [(120, min(best))]
+
+
+TRAINER_JOB = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {examples!r})
+    import tracelet
+    from hf_trainer import build_trainer, parse_args
+    from transformers import Trainer, TrainerCallback
+
+    class Failing(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 7 and args.process_index == {rank}:
+                raise RuntimeError("a rank failed")
+
+    class MyTrainer(Trainer):
+        pass
+
+    tracelet.start_logging(exp_name="hf-job", backend=["mlflow"])
+    args = parse_args(["--max-steps", "20", "--eval-steps", "10", "--output-dir", "out"])
+    trainer = build_trainer(args, trainer_class=MyTrainer)  # a subclass, built through the patched base
+    trainer.add_callback(Failing())
+    try:
+        trainer.train()
+    finally:
+        ours = [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TraceletCallback"]
+        report = tracelet.stop_logging()
+        left = [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TraceletCallback"]
+        print("callbacks", len(ours), len(left), report.status if report else None, flush=True)
+    """
+)
+
+
+def test_a_trainer_that_raises_marks_the_run_failed_and_loses_its_callback_at_stop(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(TRAINER_JOB.format(examples=str(EXAMPLE.parent), rank=0))
+    out = _run(tmp_path, sys.executable, str(script), check=False)
+    assert out.returncode == 1 and "a rank failed" in out.stderr
+    assert "callbacks 1 0 FAILED" in out.stdout
+    run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FAILED"
+    series = mlflow_series(run.info.run_id, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [step for step, _ in series["loss"]] == list(range(1, 7))  # step 7 raised before its log
+
+
+def test_a_two_process_torchrun_trainer_job_is_one_run_from_rank_zero(tmp_path):
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(EXAMPLE)]
+    _run(
+        tmp_path,
+        sys.executable,
+        "-m",
+        "tracelet",
+        "run",
+        "--",
+        *torchrun,
+        "--max-steps",
+        "20",
+        "--eval-steps",
+        "10",
+    )
+    run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FINISHED"
+    series = mlflow_series(run.info.run_id, f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert [step for step, _ in series["loss"]] == list(range(1, 21))  # once each: rank 0 alone
+
+
+def test_a_rank_that_raises_in_a_torchrun_trainer_job_marks_the_run_failed(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(TRAINER_JOB.format(examples=str(EXAMPLE.parent), rank=1))
+    out = _run(
+        tmp_path,
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        str(script),
+        check=False,
+    )
+    assert out.returncode != 0
+    run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FAILED", out.stderr[-3000:]
+
+
+ACCELERATE_JOB = textwrap.dedent(
+    """
+    import torch
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=True, log_with="tensorboard", project_dir="tb")
+    accelerator.init_trackers("accel-project", config={{"lr": 0.01, "layers": 2}})
+    for step in range(5):
+        values = {{"loss": 1.0 / (step + 1), "note": "text", "parts": {{"a": step, "b": 2 * step}}}}
+        accelerator.log(values, step=step)
+    accelerator.end_training()
+    """
+)
+
+
+def test_accelerate_log_and_init_trackers_are_captured_under_tracelet_run(tmp_path):
+    (tmp_path / "train.py").write_text(ACCELERATE_JOB.format())
+    _run(
+        tmp_path,
+        sys.executable,
+        "-m",
+        "tracelet",
+        "run",
+        "--",
+        sys.executable,
+        "train.py",
+        TRACELET_TRACK_TENSORBOARD="1",
+    )
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = _only_run(uri)
+    assert client.get_experiment(run.info.experiment_id).name == "accel-project"
+    assert run.data.params["lr"] == "0.01" and run.data.params["layers"] == "2"
+    series = mlflow_series(run.info.run_id, uri)
+    assert series == {
+        "loss": [(step, 1.0 / (step + 1)) for step in range(5)],
+        "parts/a": [(step, float(step)) for step in range(5)],
+        "parts/b": [(step, float(2 * step)) for step in range(5)],
+    }
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*")), "Accelerate's own tracker wrote nothing"
