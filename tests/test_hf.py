@@ -246,3 +246,50 @@ def test_accelerate_log_and_init_trackers_are_captured_under_tracelet_run(tmp_pa
         "parts/b": [(step, float(2 * step)) for step in range(5)],
     }
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*")), "Accelerate's own tracker wrote nothing"
+
+
+HF_PATCH_POINTS = [
+    ("transformers.trainer", "Trainer", "__init__", "Trainer metrics, params and checkpoints"),
+    ("transformers.trainer", "Trainer", "train", "run status when Trainer.train fails"),
+    (
+        "transformers.integrations.integration_utils",
+        "TensorBoardCallback",
+        "on_log",
+        "TensorBoard scalars without a second copy",
+    ),
+    ("accelerate.accelerator", "Accelerator", "log", "Accelerator.log metrics"),
+]
+
+
+@pytest.mark.parametrize("point", HF_PATCH_POINTS, ids=[f"{p[1]}.{p[2]}" for p in HF_PATCH_POINTS])
+def test_a_transformers_release_without_a_patch_point_costs_only_its_capability(point, monkeypatch, caplog):
+    import importlib
+
+    import tracelet
+    from tracelet.instrumentation import base
+
+    module, owner_name, attribute, capability = point
+    owner = getattr(importlib.import_module(module), owner_name)
+    find = base._find
+
+    def find_after_the_release(where, name):  # as if this release no longer had the symbol
+        if where is owner and name == attribute:
+            raise AttributeError(f"{where.__qualname__} has no attribute {name!r}")
+        return find(where, name)
+
+    monkeypatch.setattr(base, "_find", find_after_the_release)
+    points = [(getattr(importlib.import_module(m), o), a) for m, o, a, _ in HF_PATCH_POINTS]
+    originals = {p: vars(p[0])[p[1]] for p in points}
+    tracelet.start_logging(project="drift")
+    try:
+        unpatched = [(o.__name__, a) for (o, a), original in originals.items() if vars(o)[a] is original]
+    finally:
+        tracelet.stop_logging()
+    assert unpatched == [(owner_name, attribute)]  # every other patch point applied
+    warnings = [r.getMessage() for r in caplog.records if "tracelet cannot capture" in r.getMessage()]
+    library = module.split(".")[0]
+    version = importlib.import_module(library).__version__
+    assert len(warnings) == 1 and capability in warnings[0] and f"{library} {version}" in warnings[0], (
+        warnings
+    )
+    assert all(vars(o)[a] is original for (o, a), original in originals.items()), "stop_logging restores all"
