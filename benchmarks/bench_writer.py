@@ -25,7 +25,7 @@ import time
 import uuid
 
 from tracelet.bus import CHUNK as FRAME  # groups per frame, as the bus ships them
-from tracelet.transport import read_events, write_events
+from tracelet.wire import read_events, write_events
 
 NAMES = ("train/loss", "train/abs", "train/scaled", "epoch")  # what the core benchmark's fit logs
 TARGETS = {
@@ -56,8 +56,9 @@ def _one_run(backends: list[str], frames: list[bytes]) -> float:
     """CPU seconds of this process (all threads) and its children (W&B's service) from the first
     frame until every backend wrote it all."""
     from tracelet.backends.base import BackendSpec, RunInfo
-    from tracelet.dispatcher import Control, Dispatcher, Init
+    from tracelet.dispatcher import Dispatcher
     from tracelet.events import RunEnd
+    from tracelet.wire import Control, Init
 
     answers = {"flush": "flushed", "shutdown": "closed"}  # request -> the kind of its reply
     answered = {kind: threading.Event() for kind in answers.values()}

@@ -12,7 +12,7 @@ import pytest
 from fake_backends import recorded
 
 import tracelet
-from tracelet.bus import HostMetrics
+from tracelet.pending import HostMetrics
 
 WRITERS = ["process", "thread"]
 

@@ -11,9 +11,10 @@ import fake_backends
 import pytest
 
 from tracelet.backends.base import BackendSpec
-from tracelet.dispatcher import Control, Dispatcher, Init
+from tracelet.dispatcher import Dispatcher
 from tracelet.events import RunEnd
 from tracelet.testing import sample_run
+from tracelet.wire import Control, Init
 
 
 def test_all_opened_waits_for_every_backend_to_open_or_give_up(tmp_path, monkeypatch):

@@ -18,15 +18,14 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from tracelet import _log, journal
 from tracelet.backends.base import BackendSpec, RunInfo
-from tracelet.dispatcher import Control, Init, Reply
 from tracelet.events import Event, Metrics, RunEnd
+from tracelet.pending import DeferredMetrics, HostMetrics
 from tracelet.transport import ProcessTransport, ThreadTransport
-from tracelet.worker import BackendStats
+from tracelet.wire import BackendStats, Control, Init, Reply
 
 log = _log.get_logger(__name__)
 
@@ -42,34 +41,6 @@ _REPLY_MARGIN = 0.9  # the writer answers at 90% of a deadline, so its answer ar
 # the first metrics Lightning hands its loggers, a full chunk of events, or at the latest this
 # long after the start.
 HOLD_MAX_S = 30.0
-
-
-class DeferredMetrics(NamedTuple):
-    """Metrics whose values are still being copied from a device (never leaves this process).
-
-    ``values()`` waits for the copy; the sender thread calls it, so the training thread
-    never waits for a device.
-    """
-
-    names: tuple[str, ...]
-    values: Callable[[], list[float]]
-    step: int | None
-    timestamp: float
-
-
-class HostMetrics(NamedTuple):
-    """Metrics as the training thread captured them: numbers (CPU tensors already read, see
-    ``values.read_cpu_scalar``), not yet checked (never leaves this process).
-
-    On the sender thread, ``read(names, values, step, timestamp)`` turns them into ``Metrics``
-    (or None when none is usable), so the training thread does not pay for the checks.
-    """
-
-    names: tuple[str, ...]
-    values: tuple[Any, ...]
-    step: int | None
-    timestamp: float
-    read: Callable[[tuple[str, ...], tuple[Any, ...], int | None, float], Metrics | None]
 
 
 @dataclasses.dataclass
@@ -179,7 +150,7 @@ class EventBus:
         self._transport.close()
         _live_buses.discard(self)
         if self._dead and not self._forked:
-            self._record_in_journal(status, outcome.stats)
+            journal.record_end_without_writer(status, outcome.stats)
         return outcome
 
     def stats(self) -> dict[str, BackendStats]:
@@ -368,16 +339,6 @@ class EventBus:
             lost += _points(item)
         if lost:
             self.count_dropped(lost, "writer process exited")
-
-    def _record_in_journal(self, status: str, stats: dict[str, BackendStats]) -> None:
-        """The writer cannot close the journal any more: its run's end and delivery are written here."""
-        location = stats["journal"].location if "journal" in stats else None
-        if location is None:
-            return
-        try:
-            journal.record_end_without_writer(location.uri, status, stats)
-        except (OSError, ValueError) as err:
-            log.warning("could not record the run's end in its journal %s: %s", location.uri, err)
 
     def _release_waiters(self) -> None:
         for answered, _ in list(self._waiting.values()):

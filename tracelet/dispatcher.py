@@ -13,37 +13,15 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 from tracelet import _log
 from tracelet.backends import base
 from tracelet.events import Artifact, Event, Metrics, RunEnd
-from tracelet.worker import BackendStats, BackendWorker
+from tracelet.wire import BackendStats, Control, Init, Reply
+from tracelet.worker import BackendWorker
 
 log = _log.get_logger(__name__)
-
-
-class Control(NamedTuple):
-    """A request in the event stream; it applies to everything sent before it."""
-
-    kind: str  # "init", "flush" or "shutdown"
-    token: int
-    deadline: float  # wall-clock seconds (time.time())
-    payload: Any = None
-
-
-class Init(NamedTuple):
-    run: base.RunInfo
-    backends: list[base.BackendSpec]
-    capacity: int
-
-
-class Reply(NamedTuple):
-    kind: str  # "opened", "stats", "flushed", "closed", "log"
-    token: int
-    stats: dict[str, BackendStats]
-    done: bool
-    payload: Any = None
 
 
 class Dispatcher:

@@ -11,12 +11,13 @@ from typing import Any
 
 from tracelet import _log
 from tracelet.backends.base import RunInfo, RunLocation
-from tracelet.bus import DeferredMetrics, EventBus, HostMetrics, Outcome
+from tracelet.bus import EventBus, Outcome
 from tracelet.config import Settings
 from tracelet.events import FAILED, FINISHED, KILLED, Artifact, Metric, Metrics, Params, Tags
+from tracelet.pending import DeferredMetrics, HostMetrics
 from tracelet.secrets import redact_params
 from tracelet.values import Unusable, safe_repr, to_float, to_plain, to_step
-from tracelet.worker import BackendStats
+from tracelet.wire import BackendStats
 
 log = _log.get_logger(__name__)
 

@@ -22,7 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from tracelet import _log
 from tracelet.events import Artifact, Event, Metric, Params, Tags
+
+log = _log.get_logger(__name__)
 
 FORMAT = 1
 RUN_FILE = "run.json"
@@ -188,9 +191,20 @@ def delivery_summary(name: str, entry: dict[str, Any]) -> str:
     return f"{name} INCOMPLETE" + (f" ({', '.join(missing)})" if missing else f" ({entry.get('state')})")
 
 
-def record_end_without_writer(directory: str, status: str, stats: dict[str, Any]) -> None:
+def record_end_without_writer(status: str, stats: dict[str, Any]) -> None:
     """The writer process died before the run ended: the training process records the run's real
-    end in ``run.json`` and what each backend lacks in ``delivery.json``."""
+    end in ``run.json`` and what each backend lacks in ``delivery.json`` (when the run has a
+    journal: ``stats["journal"]`` knows where)."""
+    location = stats["journal"].location if "journal" in stats else None
+    if location is None:
+        return
+    try:
+        _record_end(location.uri, status, stats)
+    except (OSError, ValueError) as err:
+        log.warning("could not record the run's end in its journal %s: %s", location.uri, err)
+
+
+def _record_end(directory: str, status: str, stats: dict[str, Any]) -> None:
     run_file = os.path.join(directory, RUN_FILE)
     with open(run_file, encoding="utf-8") as handle:
         meta = json.load(handle)

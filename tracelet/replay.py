@@ -13,7 +13,8 @@ from tracelet import journal
 from tracelet.backends import base
 from tracelet.collectors.git import GitInfo
 from tracelet.events import KILLED, STATUSES, RunEnd, Tags
-from tracelet.worker import BackendStats, BackendWorker
+from tracelet.wire import BackendStats
+from tracelet.worker import BackendWorker
 
 CHUNK = 1000
 MAX_PENDING = 20_000  # per backend: replay waits for slow backends instead of dropping

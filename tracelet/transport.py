@@ -4,68 +4,35 @@ The process transport is the default. Measured on a 2-core machine (DESIGN.md), 
 Python-heavy write path on a thread of the training process stalls training through the
 GIL far beyond its CPU cost; in a separate process it costs training almost nothing, keeps
 backend SDK imports out of the training process, and survives the training process being
-killed (the writer sees EOF and closes the runs).
-
-Frames on the pipes are a 4-byte big-endian length followed by a pickle. In the event frames,
-``Metrics`` — nearly every event — travel as plain tuples (``read_events`` makes them
-``Metrics`` again): pickling a NamedTuple calls its Python ``__getnewargs__``, 1.2 µs an
-event on the sender thread against 0.07 µs for a tuple.
+killed (the writer sees EOF and closes the runs). What travels, and how it is framed, is
+``wire.py``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import pickle
-import struct
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, BinaryIO
+from typing import Any
 
 from tracelet import _log
 from tracelet.backends.base import WRITER_ENV, import_path  # WRITER_ENV: nothing in the writer tracks
-from tracelet.dispatcher import Dispatcher, Reply
-from tracelet.events import Metrics
+from tracelet.wire import Reply, read_frame, write_events
 
 log = _log.get_logger(__name__)
-
-_HEADER = struct.Struct(">I")
-
-
-def write_frame(stream: BinaryIO, obj: Any) -> None:
-    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(_HEADER.pack(len(payload)))
-    stream.write(payload)
-    stream.flush()
-
-
-def write_events(stream: BinaryIO, items: Sequence[Any]) -> None:
-    write_frame(stream, [tuple(item) if type(item) is Metrics else item for item in items])
-
-
-def read_events(stream: BinaryIO) -> list[Any]:
-    """The next frame of events, as ``write_events`` wrote them (raises EOFError as ``read_frame``)."""
-    return [Metrics._make(item) if type(item) is tuple else item for item in read_frame(stream)]
-
-
-def read_frame(stream: BinaryIO) -> Any:
-    """The next object, or raises EOFError at the end of the stream (also after a torn frame)."""
-    header = stream.read(_HEADER.size)
-    if len(header) < _HEADER.size:
-        raise EOFError
-    (size,) = _HEADER.unpack(header)
-    payload = stream.read(size)
-    if len(payload) < size:
-        raise EOFError
-    return pickle.loads(payload)
 
 
 class ThreadTransport:
     """The dispatcher on the sender thread of this process: no extra process, more GIL."""
 
     def __init__(self, on_reply: Callable[[Reply], None]) -> None:
+        # the writer's side, run in this process on request (writer="thread"): the one place
+        # the training side imports it (tests/test_wire.py)
+        from tracelet.dispatcher import Dispatcher
+
         self._dispatcher = Dispatcher(on_reply)
 
     def send(self, items: Sequence[Any]) -> None:

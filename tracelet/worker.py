@@ -17,62 +17,14 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tracelet import _log, commands, failures
-from tracelet.backends.base import Backend, RunGone, RunInfo, RunLocation, WriteInterrupted
+from tracelet.backends.base import Backend, RunGone, RunInfo, WriteInterrupted
 from tracelet.events import Event, RunEnd
+from tracelet.wire import BackendStats
 
 log = _log.get_logger(__name__)
 
 MAX_BATCH = 1000
 RETRY_DELAYS_S = (1.0, 2.0, 4.0)  # before each retry of a failed open or write; none once the run ends
-
-
-@dataclasses.dataclass
-class BackendStats:
-    """What happened to the events addressed to one backend.
-
-    Every event tracelet accepted ends in exactly one of ``sent``, ``dropped`` (lost on the
-    way: a full queue, a dead writer), ``refused`` (the backend would not store that entry),
-    ``failed`` (the backend or its run was given up) or ``pending`` (not handled when asked).
-    ``invalid`` counts the user's inputs refused at the door (a metric that is not a number):
-    they never were events, so they do not make a delivery incomplete.
-    """
-
-    name: str
-    state: str = "starting"  # starting, open, failed, closed
-    sent: int = 0
-    dropped: int = 0
-    failed: int = 0
-    pending: int = 0
-    high_water: int = 0
-    reasons: dict[str, int] = dataclasses.field(default_factory=dict)
-    location: RunLocation | None = None
-    error: str | None = None
-    refused: int = 0
-    invalid: int = 0
-
-    def drop(self, count: int, reason: str) -> None:
-        self.dropped += count
-        self._because(count, reason)
-
-    def fail(self, count: int, reason: str) -> None:
-        self.failed += count
-        self._because(count, reason)
-
-    def refuse(self, count: int, reason: str) -> None:
-        self.refused += count
-        self._because(count, reason)
-
-    def reject_input(self, count: int, reason: str) -> None:
-        self.invalid += count
-        self._because(count, reason)
-
-    @property
-    def complete(self) -> bool:
-        """The backend closed its run holding every event tracelet accepted."""
-        return self.state == "closed" and not (self.dropped or self.refused or self.failed or self.pending)
-
-    def _because(self, count: int, reason: str) -> None:
-        self.reasons[reason] = self.reasons.get(reason, 0) + count
 
 
 class _Marker:

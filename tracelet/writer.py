@@ -19,9 +19,9 @@ import threading
 import time
 
 from tracelet import _log
-from tracelet.dispatcher import Control, Dispatcher, Reply
+from tracelet.dispatcher import Dispatcher
 from tracelet.events import KILLED
-from tracelet.transport import read_events, write_frame
+from tracelet.wire import Control, Reply, read_events, write_frame
 
 WRITER_NICENESS = 10  # the writer's threads, where tasks compete one by one (inside a cgroup)
 BACKGROUND_GROUP_NICENESS = 19  # its session group while training runs (autogroup)

@@ -1,0 +1,127 @@
+"""The wire: everything the training process and the writer exchange, and nothing else.
+
+The training side (``api``, ``bus``, ``experiment``, ``transport``, instrumentation, the
+collectors that run in training) and the writer side (``writer``, ``dispatcher``, ``worker``,
+the backends) import this module, never each other (``tests/test_wire.py`` walks the imports).
+
+On the event pipe: the run's ``Init`` (in a ``Control``), events, and ``flush``/``shutdown``
+``Control`` requests, in order. On the reply pipe: ``Reply`` messages carrying each backend's
+``BackendStats``. Frames are a 4-byte big-endian length followed by a pickle. In the event
+frames, ``Metrics`` — nearly every event — travel as plain tuples (``read_events`` makes them
+``Metrics`` again): pickling a NamedTuple calls its Python ``__getnewargs__``, 1.2 µs an event
+on the sender thread against 0.07 µs for a tuple.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pickle
+import struct
+from collections.abc import Sequence
+from typing import Any, BinaryIO, NamedTuple
+
+from tracelet.backends.base import BackendSpec, RunInfo, RunLocation
+from tracelet.events import Metrics
+
+
+class Control(NamedTuple):
+    """A request in the event stream; it applies to everything sent before it."""
+
+    kind: str  # "init", "flush" or "shutdown"
+    token: int
+    deadline: float  # wall-clock seconds (time.time())
+    payload: Any = None
+
+
+class Init(NamedTuple):
+    run: RunInfo
+    backends: list[BackendSpec]
+    capacity: int
+
+
+class Reply(NamedTuple):
+    kind: str  # "opened", "stats", "flushed", "closed", "log"
+    token: int
+    stats: dict[str, BackendStats]
+    done: bool
+    payload: Any = None
+
+
+@dataclasses.dataclass
+class BackendStats:
+    """What happened to the events addressed to one backend.
+
+    Every event tracelet accepted ends in exactly one of ``sent``, ``dropped`` (lost on the
+    way: a full queue, a dead writer), ``refused`` (the backend would not store that entry),
+    ``failed`` (the backend or its run was given up) or ``pending`` (not handled when asked).
+    ``invalid`` counts the user's inputs refused at the door (a metric that is not a number):
+    they never were events, so they do not make a delivery incomplete.
+    """
+
+    name: str
+    state: str = "starting"  # starting, open, failed, closed
+    sent: int = 0
+    dropped: int = 0
+    failed: int = 0
+    pending: int = 0
+    high_water: int = 0
+    reasons: dict[str, int] = dataclasses.field(default_factory=dict)
+    location: RunLocation | None = None
+    error: str | None = None
+    refused: int = 0
+    invalid: int = 0
+
+    def drop(self, count: int, reason: str) -> None:
+        self.dropped += count
+        self._because(count, reason)
+
+    def fail(self, count: int, reason: str) -> None:
+        self.failed += count
+        self._because(count, reason)
+
+    def refuse(self, count: int, reason: str) -> None:
+        self.refused += count
+        self._because(count, reason)
+
+    def reject_input(self, count: int, reason: str) -> None:
+        self.invalid += count
+        self._because(count, reason)
+
+    @property
+    def complete(self) -> bool:
+        """The backend closed its run holding every event tracelet accepted."""
+        return self.state == "closed" and not (self.dropped or self.refused or self.failed or self.pending)
+
+    def _because(self, count: int, reason: str) -> None:
+        self.reasons[reason] = self.reasons.get(reason, 0) + count
+
+
+_HEADER = struct.Struct(">I")
+
+
+def write_frame(stream: BinaryIO, obj: Any) -> None:
+    payload = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(payload)))
+    stream.write(payload)
+    stream.flush()
+
+
+def write_events(stream: BinaryIO, items: Sequence[Any]) -> None:
+    write_frame(stream, [tuple(item) if type(item) is Metrics else item for item in items])
+
+
+def read_events(stream: BinaryIO) -> list[Any]:
+    """The next frame of events, as ``write_events`` wrote them (raises EOFError as ``read_frame``)."""
+    return [Metrics._make(item) if type(item) is tuple else item for item in read_frame(stream)]
+
+
+def read_frame(stream: BinaryIO) -> Any:
+    """The next object, or raises EOFError at the end of the stream (also after a torn frame)."""
+    header = stream.read(_HEADER.size)
+    if len(header) < _HEADER.size:
+        raise EOFError
+    (size,) = _HEADER.unpack(header)
+    payload = stream.read(size)
+    if len(payload) < size:
+        raise EOFError
+    return pickle.loads(payload)
