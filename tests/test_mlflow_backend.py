@@ -13,7 +13,8 @@ from helpers import mlflow_run, mlflow_series
 from mlflow.tracking import MlflowClient
 
 import tracelet
-from tracelet.backends.mlflow import MAX_KEY, MLflowBackend, _sanitize
+from tracelet.backends.mlflow import MLflowBackend
+from tracelet.backends.mlflow.keys import MAX_KEY, sanitize
 
 
 def _finish(exp) -> str:
@@ -78,7 +79,7 @@ def test_mlflow_tracking_uri_is_honoured(tmp_path, monkeypatch):
     ],
 )
 def test_names_mlflow_refuses_are_sanitized(name, key):
-    assert _sanitize(name) == key
+    assert sanitize(name) == key
 
 
 def test_sanitized_names_stay_distinct_and_within_the_length_limit(caplog):

@@ -1,9 +1,9 @@
 """MLflow's SQLite store written without MLflow stores exactly what MLflow's own client stores.
 
 Runs in one real SQLite store receive the same events, one through the direct path
-(``mlflow_sqlite.py``) and one through ``MlflowClient`` only; everything MLflow reads back (the
-run's info, every point of every history, the latest value per key the UI's run table shows,
-params, tags, artifacts, what was refused) must be equal. Where the direct path must not
+(``tracelet/backends/mlflow/sqlite.py``) and one through ``MlflowClient`` only; everything MLflow
+reads back (the run's info, every point of every history, the latest value per key the UI's run
+table shows, params, tags, artifacts, what was refused) must be equal. Where the direct path must not
 write, MLflow does, and the test sees which one did.
 """
 
@@ -24,10 +24,10 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tracelet import _log
-from tracelet.backends import mlflow_sqlite
 from tracelet.backends.base import RunGone, WriteInterrupted
-from tracelet.backends.mlflow import MLflowBackend
-from tracelet.backends.mlflow_sqlite import LocalStore, Point
+from tracelet.backends.mlflow import MLflowBackend, schema
+from tracelet.backends.mlflow.schema import Point
+from tracelet.backends.mlflow.sqlite import LocalStore
 from tracelet.events import Artifact, Metric, Params, Tags
 from tracelet.testing import sample_run
 
@@ -38,7 +38,7 @@ def _verified_release() -> bool:
     """Whether the installed MLflow is a release whose schema the direct path was verified on."""
     import mlflow
 
-    releases = (release.split()[1] for release in mlflow_sqlite.VERIFIED_HEADS.values())
+    releases = (release.split()[1] for release in schema.VERIFIED_HEADS.values())
     return any(mlflow.__version__.startswith(release + ".") for release in releases)
 
 
@@ -235,7 +235,7 @@ def test_a_transaction_failing_part_way_writes_nothing_and_log_batch_takes_the_b
     def locked(_rows):
         raise sqlite3.OperationalError("database is locked")
 
-    monkeypatch.setattr(mlflow_sqlite, "_newest_per_key", locked)  # after the INSERT, inside the transaction
+    monkeypatch.setattr(schema, "newest_per_key", locked)  # after the INSERT, inside the transaction
     direct.write([Metric("loss", float(i), i, T0 + i) for i in range(50)] + [Params({"lr": 1})])
     stored = _stored(direct)
     assert [step for step, _, _ in stored["histories"]["loss"]] == list(range(50))
@@ -271,12 +271,12 @@ def _rebuild_with_required_column(path: str, table: str) -> None:
 def test_mlflow_does_what_the_direct_path_must_not(tmp_path, store, monkeypatch, case):
     """MLflow creates a new store; once the run exists the direct path takes the writes. A schema
     it does not know is left to MLflow entirely."""
-    path = mlflow_sqlite.store_path(store)
+    path = schema.store_path(store)
     run = {}
     if case == "new store":
         store = f"sqlite:///{tmp_path / 'new.db'}"
     elif case == "other schema version":
-        monkeypatch.setattr(mlflow_sqlite, "VERIFIED_HEADS", {})
+        monkeypatch.setattr(schema, "VERIFIED_HEADS", {})
     else:
         _rebuild_with_required_column(path, "params")
     backend = MLflowBackend()
@@ -339,7 +339,7 @@ def test_the_installed_mlflow_creates_stores_at_a_verified_head_exactly_when_it_
         sqlite3.connect(tmp_path / "mlflow.db").execute("SELECT version_num FROM alembic_version").fetchone()
     )
     assert version == head
-    assert (head in mlflow_sqlite.VERIFIED_HEADS) is _verified_release()
+    assert (head in schema.VERIFIED_HEADS) is _verified_release()
     assert (LocalStore.connect(store) is not None) is _verified_release()
 
 
@@ -349,7 +349,7 @@ def test_a_store_at_an_unverified_head_goes_through_mlflow_with_identical_result
     direct, _ = _open(store, True, monkeypatch)
     _log.forget_warnings()  # said once per process: an earlier test may have said it
     with monkeypatch.context() as patch:
-        patch.setattr(mlflow_sqlite, "VERIFIED_HEADS", {})
+        patch.setattr(schema, "VERIFIED_HEADS", {})
         caplog.set_level(logging.INFO, logger="tracelet")
         unverified = MLflowBackend()
         unverified.open(sample_run(backend_url=store))

@@ -31,8 +31,6 @@ WRITER = {
     "tracelet.collectors.context",
     "tracelet.backends.journal",
     "tracelet.backends.mlflow",
-    "tracelet.backends.mlflow_rest",
-    "tracelet.backends.mlflow_sqlite",
     "tracelet.backends.wandb",
     "tracelet.backends.clearml",
 }

@@ -1,8 +1,5 @@
-"""Settings: explicit arguments > ``config={...}`` > ``TRACELET_*`` environment > defaults.
-
-Everything is validated here, at ``start_logging``, so a typo fails before training starts
-rather than in the middle of it.
-"""
+"""Settings: explicit arguments > ``config={...}`` > ``TRACELET_*`` environment > defaults, all
+validated here, at ``start_logging``, so a typo fails before training starts, not during it."""
 
 from __future__ import annotations
 

@@ -92,6 +92,11 @@ class Safety:
         self._lose(points, f"capture failed: {where}")
 
 
+def the_instance(instance: Any, _args: tuple, _kwargs: dict) -> Any:
+    """A ``before`` hook whose context is the patched method's instance (the Trainer)."""
+    return instance
+
+
 def guarded(
     where: str,
     safety: Safety,

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from tracelet import _log
 from tracelet.events import FAILED, KILLED
-from tracelet.instrumentation.base import Instrumentor, Safety, guarded
+from tracelet.instrumentation.base import Instrumentor, Safety, guarded, the_instance
 from tracelet.instrumentation.tensorboard import captured_elsewhere
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class TrainerInstrumentor(Instrumentor):
                 module.Trainer,
                 "__init__",
                 guarded(
-                    "transformers Trainer()", self.safety, active, before=_the_trainer, after=self._attach
+                    "transformers Trainer()", self.safety, active, before=the_instance, after=self._attach
                 ),
             )
 
@@ -200,10 +200,6 @@ def _callback_class(base: type) -> type:
                 )
 
     return TraceletCallback
-
-
-def _the_trainer(trainer: Any, _args: tuple, _kwargs: dict) -> Any:
-    return trainer
 
 
 def _unchanged(wrapped: Any, _instance: Any, args: tuple, kwargs: dict) -> Any:

@@ -38,7 +38,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from tracelet.events import FAILED, KILLED
-from tracelet.instrumentation.base import Instrumentor, Safety, guarded
+from tracelet.instrumentation.base import Instrumentor, Safety, guarded, the_instance
 from tracelet.instrumentation.lightning_training import TrainingObserver
 from tracelet.instrumentation.tensorboard import captured_elsewhere, capturing_elsewhere
 from tracelet.values import read_cpu_scalar
@@ -102,7 +102,7 @@ class LightningInstrumentor(Instrumentor):
                         f"lightning Trainer.{entry_point}",
                         self.safety,
                         active,
-                        before=_the_trainer,
+                        before=the_instance,
                         after=_fit_ended(observer) if entry_point == "fit" and observer else None,
                         on_error=self._on_error,
                     ),
@@ -317,10 +317,6 @@ def _fit_ended(observer: TrainingObserver) -> Callable[[Any, Any], None]:
             observer.fit_end(trainer, ())
 
     return after_fit
-
-
-def _the_trainer(trainer: Any, _args: tuple, _kwargs: dict) -> Any:
-    return trainer
 
 
 def _initial_hparams(trainer: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from tracelet.backends.mlflow_sqlite import Point
+from tracelet.backends.mlflow.schema import Point
 
 log = logging.getLogger(__name__)
 

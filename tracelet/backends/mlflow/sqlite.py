@@ -10,7 +10,7 @@ library's ``sqlite3`` (a few ms to open, a few us of CPU per metric).
 
 It writes only where the schema is known to be the one the installed MLflow would find:
 
-- the database file exists and its ``alembic_version`` is one of ``VERIFIED_HEADS``, the schema
+- the database file exists and its ``alembic_version`` is one of ``schema.VERIFIED_HEADS``, the schema
   revisions tracelet's tests verified these writes against (any other: ``MlflowClient``);
 - every table written holds the columns filled here, and every other column may be left out;
 - workspaces are off (``MLFLOW_ENABLE_WORKSPACES``) and the experiment is in the default one.
@@ -31,266 +31,34 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import os
 import posixpath
-import random
-import re
 import shutil
 import sqlite3
-import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
-from urllib.parse import unquote, urlparse
+from typing import Any
 
 from tracelet import _log
 from tracelet.backends.base import RunGone
+from tracelet.backends.mlflow import schema
+from tracelet.backends.mlflow.keys import (
+    MAX_EXPERIMENT_NAME,
+    MAX_PARAM_VALUE,
+    MAX_TAG_VALUE,
+    RUN_NAME_TAG,
+    random_run_name,
+    valid_key,
+)
+from tracelet.backends.mlflow.schema import Experiment, Point, file_identity, store_path
 
 log = logging.getLogger(__name__)
 
-MAX_KEY = 250  # MLflow's MAX_ENTITY_KEY_LENGTH
-MAX_PARAM_VALUE = 6000  # MAX_PARAM_VAL_LENGTH
-MAX_TAG_VALUE = 8000  # MAX_TAG_VAL_LENGTH
-MAX_EXPERIMENT_NAME = 500  # MAX_EXPERIMENT_NAME_LENGTH
 DEFAULT_ARTIFACT_ROOT = "./mlruns"  # DEFAULT_LOCAL_FILE_AND_ARTIFACT_PATH, resolved in the working directory
-RUN_NAME_TAG = "mlflow.runName"
-KEY_CHARACTERS = r"/\w.\- :"  # MLflow's validate_param_and_metric_name (not on Windows)
-_VALID_KEY = re.compile(f"[{KEY_CHARACTERS}]*")  # as a full match
-_INT64 = (-(2**63), 2**63 - 1)
 _DEFAULT_WORKSPACE = "default"
-STORE_LOCK_WAIT_S = 120.0  # another process creating the store: MLflow's migrations take seconds
 _LOCK_WAIT_S = 10.0  # another writer (the MLflow UI, a second run) holds the database meanwhile
-
-# what is written, per table; every other column must take NULL or have a default
-_COLUMNS = {
-    "runs": (
-        "run_uuid",
-        "name",
-        "source_type",
-        "source_name",
-        "entry_point_name",
-        "user_id",
-        "status",
-        "start_time",
-        "end_time",
-        "source_version",
-        "lifecycle_stage",
-        "artifact_uri",
-        "experiment_id",
-        "deleted_time",
-    ),
-    "tags": ("key", "value", "run_uuid"),
-    "params": ("key", "value", "run_uuid"),
-    "metrics": ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
-    "latest_metrics": ("key", "value", "timestamp", "step", "is_nan", "run_uuid"),
-}
-_READ = {"experiments": ("experiment_id", "name", "artifact_location", "lifecycle_stage", "workspace")}
-
-
-class Point(NamedTuple):
-    """One metric value as MLflow stores it: sanitized key, millisecond timestamp, int step."""
-
-    key: str
-    value: float
-    timestamp: int
-    step: int
-
-
-class Experiment(NamedTuple):
-    experiment_id: str
-    artifact_location: str
-
-
-def file_identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of the file at ``path``; None when there is none."""
-    try:
-        found = os.stat(path)
-    except OSError:
-        return None
-    return (found.st_dev, found.st_ino)
-
-
-@contextlib.contextmanager
-def store_lock(path: str, timeout: float = STORE_LOCK_WAIT_S) -> Any:
-    """Hold ``<path>.lock`` while a store is created, migrated or given a run and experiment.
-
-    MLflow itself lets every process that opens a new SQLite store run the schema migrations:
-    several jobs started at once leave a half-migrated store (``_alembic_tmp_*`` tables) that
-    no MLflow can open again. With the lock, one process migrates and the others wait for it.
-    A lock not granted within ``timeout`` raises ``TimeoutError`` (the worker retries the open).
-    """
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory locks; MLflow's own behaviour
-        yield
-        return
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path + ".lock", "a") as handle:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"another process held {path}.lock for {timeout:.0f} s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def store_path(uri: str) -> str | None:
-    """The file of a ``sqlite:///`` URI; None for any other kind of store or an in-memory one."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///") :].partition("?")[0]
-    if not path or path == ":memory:":
-        return None
-    return os.path.abspath(path)
-
-
-# MLflow schema revisions (alembic heads) whose tables the direct writes were verified against:
-# ``tests/test_mlflow_sqlite.py`` writes the same runs directly and through ``MlflowClient`` on a
-# store MLflow made at that revision and compares everything MLflow reads back. Adding a head
-# means running those tests (``make compat``) on an MLflow release that creates stores at it.
-VERIFIED_HEADS = {
-    "dc11669786a5": "MLflow 3.17",
-}
-
-
-_ADJECTIVES = [
-    "amber",
-    "bold",
-    "brave",
-    "bright",
-    "calm",
-    "clever",
-    "crisp",
-    "eager",
-    "fair",
-    "gentle",
-    "glad",
-    "grand",
-    "keen",
-    "kind",
-    "lively",
-    "lucid",
-    "merry",
-    "mighty",
-    "noble",
-    "polite",
-    "proud",
-    "quick",
-    "quiet",
-    "rare",
-    "sharp",
-    "silent",
-    "smart",
-    "steady",
-    "swift",
-    "tidy",
-    "vivid",
-    "warm",
-    "wise",
-    "witty",
-    "young",
-]
-_NOUNS = [
-    "ant",
-    "bass",
-    "bear",
-    "bee",
-    "bird",
-    "cat",
-    "colt",
-    "crab",
-    "crow",
-    "deer",
-    "dove",
-    "eel",
-    "elk",
-    "fawn",
-    "finch",
-    "fish",
-    "fox",
-    "frog",
-    "goat",
-    "gull",
-    "hare",
-    "hawk",
-    "horse",
-    "lark",
-    "lion",
-    "lynx",
-    "mole",
-    "moth",
-    "newt",
-    "owl",
-    "ram",
-    "seal",
-    "shrew",
-    "slug",
-    "snail",
-    "swan",
-    "toad",
-    "trout",
-    "wasp",
-    "whale",
-    "wolf",
-    "wren",
-]
-
-
-def random_run_name() -> str:
-    """A name for a run started without one, in the form MLflow gives such runs."""
-    choose = random.SystemRandom()
-    return f"{choose.choice(_ADJECTIVES)}-{choose.choice(_NOUNS)}-{choose.randrange(1000)}"
-
-
-def _valid_key(key: str) -> bool:
-    """MLflow's rules for metric, param and tag names (characters, path form, length)."""
-    if not key or len(key) > MAX_KEY or _VALID_KEY.fullmatch(key) is None:
-        return False
-    norm = posixpath.normpath(key)
-    return norm == key and norm != "." and not norm.startswith(("..", "/"))
-
-
-def _metric_row(point: Point, run_id: str) -> tuple[Any, ...]:
-    """A ``metrics`` row in ``_COLUMNS`` order, the value sanitized as MLflow's store does it."""
-    key, value, timestamp, step = point
-    if type(value) is int:
-        value = float(value)
-    if (
-        type(value) is not float
-        or type(timestamp) is not int
-        or type(step) is not int
-        or timestamp < 0
-        or not _INT64[0] <= step <= _INT64[1]
-        or timestamp > _INT64[1]
-    ):
-        raise ValueError(f"metric {key!r}: a value, timestamp or step MLflow would not take")
-    if math.isnan(value):
-        return (key, 0.0, timestamp, step, 1, run_id)
-    if math.isinf(value):
-        value = sys.float_info.max if value > 0 else -sys.float_info.max
-    return (key, value, timestamp, step, 0, run_id)
-
-
-def _local_directory(location: str) -> str | None:
-    """The directory of a local artifact location (a path or a ``file:`` URI); None otherwise."""
-    if location.startswith("file:"):
-        parsed = urlparse(location)
-        if parsed.netloc not in ("", "localhost") or parsed.query or parsed.fragment:
-            return None
-        return unquote(parsed.path)
-    if os.path.isabs(location):
-        return location
-    return None
 
 
 class LocalStore:
@@ -331,19 +99,19 @@ class LocalStore:
 
     def _schema_is_known(self) -> bool:
         version = self._connection.execute("SELECT version_num FROM alembic_version").fetchall()
-        if len(version) != 1 or version[0][0] not in VERIFIED_HEADS:
+        if len(version) != 1 or version[0][0] not in schema.VERIFIED_HEADS:
             _log.warn_once(
                 f"mlflow-schema:{version}",
                 "MLflow store %s is at schema revision %s, which tracelet's direct writes were not "
                 "verified against: its runs go through MlflowClient (verified: %s)",
                 self.path,
                 ", ".join(v for (v,) in version) or "(none)",
-                ", ".join(f"{head} ({release})" for head, release in VERIFIED_HEADS.items()),
+                ", ".join(f"{head} ({release})" for head, release in schema.VERIFIED_HEADS.items()),
                 log=log,
                 level=logging.INFO,
             )
             return False
-        for table, written in _COLUMNS.items():
+        for table, written in schema.COLUMNS.items():
             columns = self._connection.execute(f'PRAGMA table_info("{table}")').fetchall()
             # (cid, name, type, notnull, dflt_value, pk)
             names = {c[1] for c in columns}
@@ -351,7 +119,7 @@ class LocalStore:
                 return False
             if any(c[3] and c[4] is None and c[1] not in written for c in columns):
                 return False  # a column MLflow fills that this module does not know
-        for table, read in _READ.items():
+        for table, read in schema.READ.items():
             names = {c[1] for c in self._connection.execute(f'PRAGMA table_info("{table}")')}
             if not names >= set(read):
                 return False
@@ -364,7 +132,7 @@ class LocalStore:
             "WHERE name = ? AND workspace = ?",
             (name, _DEFAULT_WORKSPACE),
         ).fetchone()
-        if found is None or found[2] != "active" or not found[1] or _local_directory(found[1]) is None:
+        if found is None or found[2] != "active" or not found[1] or schema.local_directory(found[1]) is None:
             return None
         return Experiment(str(found[0]), found[1])
 
@@ -405,7 +173,7 @@ class LocalStore:
         if len(run_name) > 250 or RUN_NAME_TAG in tags:
             return None
         tag_rows = {**tags, RUN_NAME_TAG: run_name}
-        if not all(_valid_key(k) and len(v) <= MAX_TAG_VALUE for k, v in tag_rows.items()):
+        if not all(valid_key(k) and len(v) <= MAX_TAG_VALUE for k, v in tag_rows.items()):
             return None
         run_id = uuid.uuid4().hex
         artifact_uri = f"{experiment.artifact_location.rstrip('/')}/{run_id}/artifacts"
@@ -427,8 +195,8 @@ class LocalStore:
         )
         try:
             with self._transaction() as cursor:
-                cursor.execute(_insert("runs"), row)
-                cursor.executemany(_insert("tags"), [(k, v, run_id) for k, v in tag_rows.items()])
+                cursor.execute(schema.insert("runs"), row)
+                cursor.executemany(schema.insert("tags"), [(k, v, run_id) for k, v in tag_rows.items()])
         except sqlite3.Error as err:
             log.debug("could not create the run directly (%s); MLflow creates it", err)
             return None
@@ -488,17 +256,17 @@ class LocalRun:
         valid = self._valid_keys
         try:
             for key in {p.key for p in points if p.key not in valid}:
-                if not _valid_key(key):
+                if not valid_key(key):
                     raise ValueError(f"metric name {key!r}")
                 valid.add(key)
-            rows = list(dict.fromkeys(_metric_row(point, run_id) for point in points))
+            rows = list(dict.fromkeys(schema.metric_row(point, run_id) for point in points))
             param_values = dict(params)
             if len(param_values) != len(params):
                 raise ValueError("a param key twice in one batch")
-            if not all(_valid_key(k) and type(v) is str and len(v) <= MAX_PARAM_VALUE for k, v in params):
+            if not all(valid_key(k) and type(v) is str and len(v) <= MAX_PARAM_VALUE for k, v in params):
                 raise ValueError("a param name or value")
             if not all(
-                _valid_key(k) and k != RUN_NAME_TAG and type(v) is str and len(v) <= MAX_TAG_VALUE
+                valid_key(k) and k != RUN_NAME_TAG and type(v) is str and len(v) <= MAX_TAG_VALUE
                 for k, v in tags
             ):
                 raise ValueError("a tag name or value")
@@ -510,12 +278,14 @@ class LocalRun:
                 self._check_active(cursor)
                 new_params = self._new_params(cursor, param_values)
                 if rows:
-                    cursor.executemany(_insert("metrics"), rows)
-                    cursor.executemany(_UPSERT_LATEST, _newest_per_key(rows))
+                    cursor.executemany(schema.insert("metrics"), rows)
+                    cursor.executemany(schema.UPSERT_LATEST, schema.newest_per_key(rows))
                 if new_params:
-                    cursor.executemany(_insert("params"), [(k, v, run_id) for k, v in new_params.items()])
+                    cursor.executemany(
+                        schema.insert("params"), [(k, v, run_id) for k, v in new_params.items()]
+                    )
                 if tags:
-                    cursor.executemany(_UPSERT_TAG, [(k, v, run_id) for k, v in tags])
+                    cursor.executemany(schema.UPSERT_TAG, [(k, v, run_id) for k, v in tags])
         except _Declined as why:
             log.debug("direct path declined a batch (%s)", why)
             return False
@@ -552,7 +322,7 @@ class LocalRun:
     def copy_artifact(self, path: str, artifact_path: str | None) -> bool:
         """Copy a file or directory under the run's artifact directory, as MLflow's
         ``LocalArtifactRepository`` does; False where the location is not a local directory."""
-        root = _local_directory(self.artifact_uri)
+        root = schema.local_directory(self.artifact_uri)
         if root is None or not self.enabled:
             return False
         relative = posixpath.normpath(artifact_path or ".")
@@ -608,28 +378,3 @@ class LocalRun:
 
 class _Declined(Exception):
     pass
-
-
-def _insert(table: str) -> str:
-    columns = _COLUMNS[table]
-    names = ", ".join(f'"{c}"' for c in columns)
-    return f'INSERT INTO "{table}" ({names}) VALUES ({", ".join("?" * len(columns))})'
-
-
-# MLflow's rule for the run table's values: per key, the point with the greatest (step, timestamp, value)
-_UPSERT_LATEST = (
-    f"{_insert('latest_metrics')} ON CONFLICT (key, run_uuid) DO UPDATE SET "
-    "value = excluded.value, timestamp = excluded.timestamp, step = excluded.step, is_nan = excluded.is_nan "
-    "WHERE (excluded.step, excluded.timestamp, excluded.value) > "
-    "(latest_metrics.step, latest_metrics.timestamp, latest_metrics.value)"
-)
-_UPSERT_TAG = f"{_insert('tags')} ON CONFLICT (key, run_uuid) DO UPDATE SET value = excluded.value"
-
-
-def _newest_per_key(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
-    newest: dict[str, tuple[Any, ...]] = {}
-    for row in rows:
-        current = newest.get(row[0])
-        if current is None or (row[3], row[2], row[1]) > (current[3], current[2], current[1]):
-            newest[row[0]] = row
-    return list(newest.values())

@@ -1,132 +1,37 @@
-"""MLflow: the embedded local default (a SQLite store in the working directory).
-
-project -> experiment, exp_name -> run name. On a local SQLite store whose schema is the
-installed MLflow's, the run is created and written straight into MLflow's own tables without
-importing MLflow (``mlflow_sqlite.py``: the writer starts in ~0.3 s of CPU instead of ~2 s).
-Everything that path declines — a new store or experiment, a remote server,
-an entry MLflow would refuse — goes through an ``MlflowClient`` (imported then) with an
-explicit run id, never the fluent global run, so a user's own ``mlflow.start_run`` is
-untouched; metrics, params and tags then go out in ``log_batch`` calls within MLflow's limits
-(to a tracking server as plain JSON requests, ``mlflow_rest.py``: a sixth of the CPU per point).
-Names MLflow refuses are sanitized (one warning per name), params are flattened with
-``/`` like Lightning's ``MLFlowLogger`` does and truncated at MLflow's length limit.
-"""
+"""The ``mlflow`` backend: the run's lifecycle and writes, by the direct path or ``MlflowClient``."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import math
 import os
-import posixpath
-import re
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
-from tracelet import _log, commands
+from tracelet import _log
 from tracelet.backends.base import RunGone, RunInfo, RunLocation, WriteInterrupted, count_refused_artifact
-from tracelet.backends.mlflow_rest import batch_sender
-from tracelet.backends.mlflow_sqlite import (
-    KEY_CHARACTERS,
-    MAX_KEY,
+from tracelet.backends.mlflow import batches
+from tracelet.backends.mlflow.batches import Pending, chunks
+from tracelet.backends.mlflow.keys import (
     MAX_PARAM_VALUE,
     MAX_TAG_VALUE,
-    LocalRun,
-    LocalStore,
-    Point,
-    file_identity,
-    store_lock,
-    store_path,
+    KeyNamer,
+    truncate,
 )
+from tracelet.backends.mlflow.locations import default_tracking_uri, view_hint
+from tracelet.backends.mlflow.rest import batch_sender
+from tracelet.backends.mlflow.schema import Point, file_identity, store_lock, store_path
+from tracelet.backends.mlflow.sqlite import LocalRun, LocalStore
 from tracelet.events import Artifact, Event, Metric, Params, RunEnd, Tags
 from tracelet.values import flatten
 
 log = logging.getLogger(__name__)
 
-MAX_PARAMS_OR_TAGS_PER_BATCH = 100
-MAX_ENTITIES_PER_BATCH = 1000
 _INFINITIES = (math.inf, -math.inf)
-_INVALID_CHARS = re.compile(f"[^{KEY_CHARACTERS}]")
-
-
-def default_tracking_uri(backend_url: str | None) -> str:
-    """tracelet's ``backend_url``, else ``MLFLOW_TRACKING_URI``, else ``sqlite:///<cwd>/mlflow.db``."""
-    uri = backend_url or os.environ.get("MLFLOW_TRACKING_URI")
-    if uri:
-        return uri
-    return "sqlite:///" + os.path.abspath("mlflow.db")
-
-
-UI_ADDRESS = "http://127.0.0.1:5000"  # where ``mlflow ui`` serves by default
-
-
-def view_hint(uri: str, experiment_id: str, run_id: str) -> tuple[str, str | None]:
-    """How to see the run: a command and the page it then serves, or the server's page."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if uri.startswith(("http://", "https://")):
-        url = f"{uri.rstrip('/')}/{page}"
-        return url, url
-    if uri.startswith("databricks"):
-        return f"the Databricks workspace ({uri}), experiment {experiment_id}", None
-    return f"{commands.script('mlflow')} ui --backend-store-uri {uri}", f"{UI_ADDRESS}/{page}"
-
-
-class KeyNamer:
-    """MLflow-valid keys for any name, stable for the run and collision-free."""
-
-    def __init__(self, kind: str) -> None:
-        self._kind = kind
-        self._cache: dict[str, str] = {}
-        self._owners: dict[str, str] = {}
-
-    def __call__(self, name: str) -> str:
-        key = self._cache.get(name)
-        if key is None:
-            key = self._assign(name)
-        return key
-
-    def _assign(self, name: str) -> str:
-        key = _sanitize(name)
-        owner = self._owners.get(key)
-        if owner is not None and owner != name:
-            key = _shorten(f"{key}_{_digest(name)}")
-        self._owners[key] = name
-        self._cache[name] = key
-        if key != name:
-            _log.warn_once(
-                f"mlflow-key:{self._kind}:{name}",
-                "MLflow does not accept the %s name %r; it is stored as %r",
-                self._kind,
-                name,
-                key,
-                log=log,
-                family="MLflow renamed-name",
-            )
-        return key
-
-
-def _digest(text: str) -> str:
-    return hashlib.sha1(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-
-
-def _shorten(key: str) -> str:
-    if len(key) <= MAX_KEY:
-        return key
-    return key[: MAX_KEY - 9] + "_" + _digest(key)
-
-
-def _sanitize(name: str) -> str:
-    key = _INVALID_CHARS.sub("_", name)
-    parts = [p for p in key.split("/") if p not in ("", ".")]
-    parts = ["__" if p == ".." else p for p in parts]
-    key = "/".join(parts) or "_"
-    if posixpath.normpath(key) != key:
-        key = key.replace("/", "_")
-    return _shorten(key)
 
 
 class MLflowBackend:
@@ -190,7 +95,7 @@ class MLflowBackend:
 
     @functools.cached_property
     def _rest_send(self) -> Any:
-        """``mlflow_rest``'s sender where the client talks to a tracking server, else None."""
+        """``rest.py``'s sender where the client talks to a tracking server, else None."""
         return batch_sender(self._client)
 
     @property
@@ -223,7 +128,7 @@ class MLflowBackend:
 
     def write(self, batch: list[Event]) -> dict[str, int]:
         committed: dict[str, int] = {}  # refusals among the events already stored
-        pending = _Pending()
+        pending = Pending()
         done = 0  # events of the batch stored for good: a retry starts after them
         try:
             for index, event in enumerate(batch):
@@ -244,7 +149,7 @@ class MLflowBackend:
                     # a metric changes only the total: has_room(1) held for params and tags before it
                     if (
                         len(pending.metrics) + len(pending.params) + len(pending.tags)
-                        < MAX_ENTITIES_PER_BATCH
+                        < batches.MAX_ENTITIES_PER_BATCH
                     ):
                         continue
                 elif isinstance(event, Params):
@@ -252,7 +157,7 @@ class MLflowBackend:
                 elif isinstance(event, Tags):
                     self._flush_if_no_room(pending, len(event.values), committed)
                     pending.tags.extend(
-                        (self._tag_keys(k), _truncate(str(v), MAX_TAG_VALUE, "tag", k))
+                        (self._tag_keys(k), truncate(str(v), MAX_TAG_VALUE, "tag", k))
                         for k, v in event.values.items()
                     )
                 elif isinstance(event, Artifact):
@@ -298,12 +203,12 @@ class MLflowBackend:
         self._last_point[key] = (timestamp, step, event.value)
         return timestamp
 
-    def _add_params(self, values: Mapping[str, Any], pending: _Pending, committed: dict[str, int]) -> None:
+    def _add_params(self, values: Mapping[str, Any], pending: Pending, committed: dict[str, int]) -> None:
         """Flattened, stringified params; MLflow params are write-once, so changes are refused here."""
         entries = [(self._param_keys(name), name, value) for name, value in flatten(values)]
         self._flush_if_no_room(pending, len(entries), committed)
         for key, name, value in entries:
-            text = _truncate(str(value), MAX_PARAM_VALUE, "param", name)
+            text = truncate(str(value), MAX_PARAM_VALUE, "param", name)
             previous = pending.new_params.get(key, self._params_sent.get(key))
             if previous == text:
                 continue
@@ -322,14 +227,14 @@ class MLflowBackend:
             pending.new_params[key] = text
             pending.params.append((key, text))
 
-    def _flush_if_no_room(self, pending: _Pending, entries: int, committed: dict[str, int]) -> None:
+    def _flush_if_no_room(self, pending: Pending, entries: int, committed: dict[str, int]) -> None:
         """Params and tags that would overflow one ``log_batch`` go out after what is pending, so
         a call that fails part-way never holds metrics already stored (params and tags may be
         sent twice: MLflow takes an identical value again)."""
         if not pending.has_room(entries):
             self._flush(pending, committed)
 
-    def _flush(self, pending: _Pending, committed: dict[str, int]) -> None:
+    def _flush(self, pending: Pending, committed: dict[str, int]) -> None:
         self._send(pending.metrics, pending.params, pending.tags, pending.rejected)
         self._params_sent.update(pending.new_params)
         for reason, count in pending.rejected.items():
@@ -345,7 +250,7 @@ class MLflowBackend:
     ) -> None:
         """Straight into the local store where it takes the batch, else ``log_batch`` within
         MLflow's limits; a refused batch is retried item by item."""
-        for points, chunk_params, chunk_tags in _chunks(metrics, params, tags):
+        for points, chunk_params, chunk_tags in chunks(metrics, params, tags):
             if self._local is not None and self._local.write(points, chunk_params, chunk_tags):
                 continue
             from mlflow.exceptions import MlflowException  # MLflow only where the direct path declined
@@ -363,7 +268,7 @@ class MLflowBackend:
     def _log_batch(
         self, points: list[Point], params: list[tuple[str, str]], tags: list[tuple[str, str]]
     ) -> None:
-        """One ``log_batch``: a JSON request to a tracking server (``mlflow_rest``), else MLflow's
+        """One ``log_batch``: a JSON request to a tracking server (``rest.py``), else MLflow's
         client with its entities."""
         if self._rest_send is not None:
             self._rest_send(self._run_id, points, params, tags)
@@ -441,30 +346,6 @@ class MLflowBackend:
             count_refused_artifact("MLflow", event, err, rejected)
 
 
-class _Pending:
-    """Entries gathered for the next ``log_batch``, and what was refused while gathering them."""
-
-    def __init__(self) -> None:
-        self.clear()
-
-    def clear(self) -> None:
-        self.metrics: list[Any] = []
-        self.params: list[Any] = []
-        self.tags: list[Any] = []
-        self.new_params: dict[str, str] = {}
-        self.rejected: dict[str, int] = {}
-
-    def has_room(self, entries: int) -> bool:
-        """Whether ``entries`` more params (or tags, or metrics) still fit one ``log_batch``."""
-        return (
-            len(self.metrics) + len(self.params) + len(self.tags) + entries <= MAX_ENTITIES_PER_BATCH
-            and max(len(self.params), len(self.tags)) + entries <= MAX_PARAMS_OR_TAGS_PER_BATCH
-        )
-
-    def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
-
-
 def _is_refusal(err: Exception) -> bool:
     """MLflow refused the data itself (a 4xx: bad key, bad value), as opposed to failing to store it."""
     try:
@@ -491,32 +372,3 @@ def _native_tags(run: RunInfo) -> dict[str, str]:
         if git.remote:
             tags["mlflow.source.git.repoURL"] = git.remote
     return tags
-
-
-def _truncate(text: str, limit: int, kind: str, name: str) -> str:
-    if len(text) <= limit:
-        return text
-    _log.warn_once(
-        f"mlflow-truncate:{kind}:{name}",
-        "MLflow keeps at most %d characters of a %s value: %r is truncated from %d",
-        limit,
-        kind,
-        name,
-        len(text),
-        log=log,
-        family="MLflow truncated-value",
-    )
-    return text[:limit]
-
-
-def _chunks(metrics: list[Any], params: list[Any], tags: list[Any]) -> Iterator[tuple[list, list, list]]:
-    """Split into batches of at most 100 params, 100 tags and 1000 entities in all."""
-    while params or tags:
-        p, params = params[:MAX_PARAMS_OR_TAGS_PER_BATCH], params[MAX_PARAMS_OR_TAGS_PER_BATCH:]
-        t, tags = tags[:MAX_PARAMS_OR_TAGS_PER_BATCH], tags[MAX_PARAMS_OR_TAGS_PER_BATCH:]
-        room = MAX_ENTITIES_PER_BATCH - len(p) - len(t)
-        m, metrics = metrics[:room], metrics[room:]
-        yield m, p, t
-    while metrics:
-        m, metrics = metrics[:MAX_ENTITIES_PER_BATCH], metrics[MAX_ENTITIES_PER_BATCH:]
-        yield m, [], []
