@@ -302,7 +302,8 @@ def test_a_new_experiment_made_directly_reads_back_as_one_mlflow_made(store, tmp
     assert int(by_mlflow.experiment_id) == int(directly.experiment_id) + 1  # the same id sequence
 
     def seen(experiment) -> tuple:
-        location = experiment.artifact_location.replace(experiment.experiment_id, "<id>")
+        directory, last = experiment.artifact_location.rsplit("/", 1)
+        location = f"{directory}/<id>" if last == experiment.experiment_id else experiment.artifact_location
         return location, experiment.lifecycle_stage, experiment.tags, experiment.creation_time > 0
 
     assert seen(directly) == seen(by_mlflow) == (f"{tmp_path}/mlruns/<id>", "active", {}, True)

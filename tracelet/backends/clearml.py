@@ -179,7 +179,7 @@ class ClearMLBackend:
     def close(self, status: str) -> None:
         from clearml import Task
 
-        self._logger.flush()
+        self._logger.flush(wait=True)  # every scalar reported before the task closes, also on a busy machine
         if Task.is_offline():
             self._task.add_tags([f"status:{status.lower()}"])  # offline sessions keep no status
         # close() marks the task completed; not mark_completed(), which ends the calling process
