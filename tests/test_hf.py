@@ -125,85 +125,75 @@ def test_trainer_under_tracelet_run_records_what_its_own_mlflow_callback_records
     assert stored["checkpoint/best_score"] == [(120, min(best))]
 
 
-TRAINER_JOB = textwrap.dedent(
-    """
-    import sys
-    sys.path.insert(0, {examples!r})
-    import tracelet
+def test_a_trainer_that_raises_marks_the_run_failed_and_loses_its_callback_at_stop(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(EXAMPLE.parent))
     from hf_trainer import build_trainer, parse_args
-    from transformers import Trainer, TrainerCallback
+    from transformers import Trainer
 
-    class Failing(TrainerCallback):
-        def on_step_end(self, args, state, control, **kwargs):
-            if state.global_step == 7 and args.process_index == {rank}:
-                raise RuntimeError("a rank failed")
+    import tracelet
 
-    class MyTrainer(Trainer):
+    class MyTrainer(Trainer):  # a subclass, built through the patched base
         pass
 
     tracelet.start_logging(exp_name="hf-job", backend=["mlflow"])
-    args = parse_args(["--max-steps", "20", "--eval-steps", "10", "--output-dir", "out"])
-    trainer = build_trainer(args, trainer_class=MyTrainer)  # a subclass, built through the patched base
-    trainer.add_callback(Failing())
-    try:
+    args = parse_args(["--max-steps", "20", "--eval-steps", "10", "--output-dir", str(tmp_path / "out")])
+    trainer = build_trainer(args, trainer_class=MyTrainer)
+    trainer.add_callback(_failing_callback())
+    with pytest.raises(RuntimeError, match="a rank failed"):
         trainer.train()
-    finally:
-        ours = [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TraceletCallback"]
-        report = tracelet.stop_logging()
-        left = [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TraceletCallback"]
-        print("callbacks", len(ours), len(left), report.status if report else None, flush=True)
+    ours = [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TraceletCallback"]
+    report = tracelet.stop_logging()
+    left = [c for c in trainer.callback_handler.callbacks if type(c).__name__ == "TraceletCallback"]
+    assert len(ours) == 1 and not left and report.status == "FAILED"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = _only_run(uri)
+    assert run.info.status == "FAILED" and "a rank failed" in run.data.tags["tracelet.failure"]
+    assert [step for step, _ in mlflow_series(run.info.run_id, uri)["loss"]] == list(range(1, 7))  # 7 raised
+
+
+def _failing_callback():
+    from transformers import TrainerCallback
+
+    class Failing(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 7:
+                raise RuntimeError("a rank failed")
+
+    return Failing()
+
+
+DDP_JOB = textwrap.dedent(
+    """
+    import sys
+    sys.path.insert(0, {examples!r})
+    from hf_trainer import build_trainer, parse_args
+    from transformers import TrainerCallback
+
+    class RankOneFails(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 7 and args.process_index == 1:
+                raise RuntimeError("a rank failed")
+
+    trainer = build_trainer(parse_args(["--max-steps", "20", "--eval-steps", "10", "--output-dir", "out"]))
+    trainer.add_callback(RankOneFails())
+    trainer.train()
     """
 )
 
 
-def test_a_trainer_that_raises_marks_the_run_failed_and_loses_its_callback_at_stop(tmp_path):
-    script = tmp_path / "job.py"
-    script.write_text(TRAINER_JOB.format(examples=str(EXAMPLE.parent), rank=0))
-    out = _run(tmp_path, sys.executable, str(script), check=False)
-    assert out.returncode == 1 and "a rank failed" in out.stderr
-    assert "callbacks 1 0 FAILED" in out.stdout
-    run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert run.info.status == "FAILED"
-    series = mlflow_series(run.info.run_id, f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert [step for step, _ in series["loss"]] == list(range(1, 7))  # step 7 raised before its log
-
-
-def test_a_two_process_torchrun_trainer_job_is_one_run_from_rank_zero(tmp_path):
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(EXAMPLE)]
-    _run(
-        tmp_path,
-        sys.executable,
-        "-m",
-        "tracelet",
-        "run",
-        "--",
-        *torchrun,
-        "--max-steps",
-        "20",
-        "--eval-steps",
-        "10",
+def test_a_torchrun_trainer_job_is_one_run_from_rank_zero_failed_when_a_rank_raises(tmp_path):
+    """No tracelet line in the job: ``tracelet run -- torchrun``, two ranks, rank 1 raising."""
+    (tmp_path / "job.py").write_text(
+        DDP_JOB.format(tests=str(Path(__file__).parent), examples=str(EXAMPLE.parent))
     )
-    run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert run.info.status == "FINISHED"
-    series = mlflow_series(run.info.run_id, f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert [step for step, _ in series["loss"]] == list(range(1, 21))  # once each: rank 0 alone
-
-
-def test_a_rank_that_raises_in_a_torchrun_trainer_job_marks_the_run_failed(tmp_path):
-    script = tmp_path / "job.py"
-    script.write_text(TRAINER_JOB.format(examples=str(EXAMPLE.parent), rank=1))
-    out = _run(
-        tmp_path,
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        str(script),
-        check=False,
-    )
-    assert out.returncode != 0
-    run = _only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "job.py"]
+    out = _run(tmp_path, sys.executable, "-m", "tracelet", "run", "--", *torchrun, check=False)
+    assert out.returncode != 0 and "a rank failed" in out.stderr
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    run = _only_run(uri)  # one run: rank 0's
     assert run.info.status == "FAILED", out.stderr[-3000:]
+    steps = [step for step, _ in mlflow_series(run.info.run_id, uri)["loss"]]
+    assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 6  # each step once, up to the failure
 
 
 ACCELERATE_JOB = textwrap.dedent(
