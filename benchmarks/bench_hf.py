@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from ratios import describe
+from ratios import print_pairs
 from tiny import byte_compile_tracelet
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -120,10 +120,7 @@ def main() -> None:
         fits = [s["fit"] for s in samples[name]]
         median, runs = statistics.median(fits), " ".join(f"{f:.2f}" for f in fits)
         print(f"{name:<10} {median:>15.3f} {median / baseline:>6.2f}x   {runs}")
-    print("\npaired with the baseline run of the same round:")
-    for name in chosen[1:]:
-        pairs = [s["fit"] / b["fit"] for s, b in zip(samples[name], samples["none"], strict=True)]
-        print(f"{name:<10} {describe(pairs)}")
+    print_pairs(samples, 10)
     for name in (n for n in TRACELET if n in samples):
         runs = samples[name]
         lost = sum(s["lost"] for s in runs)

@@ -33,7 +33,7 @@ import sys
 import tempfile
 import time
 
-from ratios import describe
+from ratios import print_pairs
 from tiny import byte_compile_tracelet
 
 CONFIGS = {
@@ -334,10 +334,7 @@ def _report(args: argparse.Namespace, chosen: list[str], samples: dict[str, list
         runs = " ".join(f"{f:.2f}" for f in fits)
         cpu = statistics.median(s["thread_cpu"] for s in samples[name]) / cpu_baseline
         print(f"{name:<18} {median:>15.3f} {median / baseline:>6.2f}x {cpu:>10.2f}x   {runs}")
-    print("\npaired with the baseline run of the same round:")
-    for name in chosen[1:]:
-        pairs = [s["fit"] / b["fit"] for s, b in zip(samples[name], samples["logger=False"], strict=True)]
-        print(f"{name:<18} {describe(pairs)}")
+    print_pairs(samples, 18)
     for name in (n for n in TRACELET_BACKENDS if n in samples):
         runs = samples[name]
         lifecycle = [s["start"] + s["stop"] for s in runs]

@@ -45,3 +45,12 @@ def describe(ratios: Sequence[float]) -> str:
     low, high = median_interval(ratios)
     median = statistics.median(ratios)
     return f"median {median:.3f}x (90% interval {low:.2f}-{high:.2f}x, {len(ratios)} pairs)"
+
+
+def print_pairs(samples: dict[str, list[dict]], width: int) -> None:
+    """Each configuration's fits against the baseline's (the first) of the same round."""
+    baseline, *others = samples
+    print("\npaired with the baseline run of the same round:")
+    for name in others:
+        pairs = [s["fit"] / b["fit"] for s, b in zip(samples[name], samples[baseline], strict=True)]
+        print(f"{name:<{width}} {describe(pairs)}")

@@ -13,7 +13,7 @@ import pytest
 
 pytest.importorskip("transformers")
 
-from helpers import assert_same_series, mlflow_series, wandb_series
+from helpers import assert_same_series, mlflow_series, remove_symbol, wandb_series
 from mlflow.tracking import MlflowClient
 
 from tracelet import journal
@@ -256,18 +256,9 @@ def test_a_transformers_release_without_a_patch_point_costs_only_its_capability(
     import importlib
 
     import tracelet
-    from tracelet.instrumentation import base
 
     module, owner_name, attribute, capability = point
-    owner = getattr(importlib.import_module(module), owner_name)
-    find = base._find
-
-    def find_after_the_release(where, name):  # as if this release no longer had the symbol
-        if where is owner and name == attribute:
-            raise AttributeError(f"{where.__qualname__} has no attribute {name!r}")
-        return find(where, name)
-
-    monkeypatch.setattr(base, "_find", find_after_the_release)
+    remove_symbol(monkeypatch, getattr(importlib.import_module(module), owner_name), attribute)
     points = [(getattr(importlib.import_module(m), o), a) for m, o, a, _ in HF_PATCH_POINTS]
     originals = {p: vars(p[0])[p[1]] for p in points}
     tracelet.start_logging(project="drift")

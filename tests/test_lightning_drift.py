@@ -11,11 +11,10 @@ from pathlib import Path
 
 import lightning
 import pytest
-from helpers import mlflow_run, mlflow_series, run_tiny_job
+from helpers import mlflow_run, mlflow_series, remove_symbol, run_tiny_job
 
 import tracelet
 from tracelet import journal
-from tracelet.instrumentation import base
 
 CONNECTOR = "trainer.connectors.logger_connector.logger_connector"
 # (module under the namespace, owner in it or None for the module itself, attribute, capability)
@@ -61,15 +60,7 @@ def _drift_warnings(caplog) -> list[str]:
 @pytest.mark.parametrize("point", PATCH_POINTS, ids=[f"{p[1] or 'module'}.{p[2]}" for p in PATCH_POINTS])
 def test_a_missing_patch_point_costs_only_its_capability(point, monkeypatch, caplog):
     module, owner_name, attribute, capability = point
-    owner = _owner(module, owner_name)
-    find = base._find
-
-    def find_after_the_release(where, name):  # as if this Lightning no longer had the symbol
-        if where is owner and name == attribute:
-            raise AttributeError(f"{getattr(where, '__qualname__', where)} has no attribute {name!r}")
-        return find(where, name)
-
-    monkeypatch.setattr(base, "_find", find_after_the_release)
+    remove_symbol(monkeypatch, _owner(module, owner_name), attribute)  # as if this Lightning had none
     originals = {p: _current(p) for p in PATCH_POINTS}
     tracelet.start_logging(project="drift")
     try:
