@@ -61,24 +61,41 @@ def test_the_writer_collects_no_garbage_while_backends_open_then_freezes_what_op
 
 
 def _autogroups() -> bool:
+    from tracelet.writer import _Priority
+
     try:
         with open("/proc/sys/kernel/sched_autogroup_enabled") as enabled:
-            return enabled.read().strip() == "1" and os.path.exists("/proc/self/autogroup")
+            return enabled.read().strip() == "1" and _Priority.grouped_by_session()
     except OSError:
         return False
 
 
 def _group(pid: int | str) -> tuple[str, int]:
-    """(the session group, its nice value) from ``/autogroup-123 nice 19``."""
+    """(the session group, its nice value) from ``/autogroup-123 nice 19``; the test is skipped
+    where the kernel gave the process no group of its own (the file reads empty: some CI kernels)."""
     with open(f"/proc/{pid}/autogroup") as group:
-        name, _, nice = group.read().split()
+        fields = group.read().split()
+    if len(fields) != 3:
+        pytest.skip(f"process {pid} is in no session group of its own")
+    name, _, nice = fields
     return name, int(nice)
 
 
-@pytest.mark.skipif(not _autogroups(), reason="this kernel does not group tasks by session")
-def test_the_writer_yields_the_cpu_to_training_and_takes_its_share_while_training_waits():
+def test_the_writers_threads_yield_the_cpu_to_training():
     import psutil
 
+    import tracelet
+    from tracelet import writer
+
+    experiment = tracelet.start_logging(exp_name="priority")
+    pid = experiment._bus._transport.pid
+    assert experiment.flush(60)
+    assert psutil.Process(pid).nice() == writer.WRITER_NICENESS
+    assert psutil.Process().nice() == 0, "training keeps its own priority"
+
+
+@pytest.mark.skipif(not _autogroups(), reason="this process is not in a session group (autogroup)")
+def test_the_writers_session_yields_the_cpu_to_training_and_takes_its_share_while_training_waits():
     import tracelet
     from tracelet import writer
 
@@ -88,24 +105,24 @@ def test_the_writer_yields_the_cpu_to_training_and_takes_its_share_while_trainin
     group, nice = _group(pid)
     assert group != _group(os.getpid())[0], "the writer has a session, so a session group, of its own"
     assert nice == writer.BACKGROUND_GROUP_NICENESS, "after a flush the writer is back in the background"
-    assert psutil.Process(pid).nice() == writer.WRITER_NICENESS
     # while training waits on it (flush, shutdown) the group runs at an ordinary share
     code = textwrap.dedent(
         """
         from tracelet import writer
         priority = writer._Priority()
-        print(open("/proc/self/autogroup").read().split()[-1])
+        print(open("/proc/self/autogroup").read().split()[-1:])
         priority.foreground()
-        print(open("/proc/self/autogroup").read().split()[-1])
+        print(open("/proc/self/autogroup").read().split()[-1:])
         priority.background()
-        print(open("/proc/self/autogroup").read().split()[-1])
+        print(open("/proc/self/autogroup").read().split()[-1:])
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, start_new_session=True
     )
+    assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [
-        str(writer.BACKGROUND_GROUP_NICENESS),
-        "0",
-        str(writer.BACKGROUND_GROUP_NICENESS),
+        f"['{writer.BACKGROUND_GROUP_NICENESS}']",
+        "['0']",
+        f"['{writer.BACKGROUND_GROUP_NICENESS}']",
     ]

@@ -68,10 +68,10 @@ def main(argv: list[str]) -> int:
     closed = threading.Event()
 
     def reply(message: Reply) -> None:
-        channel.send(message)
-        if message.kind == "flushed":
+        if message.kind == "flushed":  # the flush's work is done: back to the background first
             priority.background()
-        elif message.kind == "closed":
+        channel.send(message)
+        if message.kind == "closed":
             closed.set()
 
     dispatcher = Dispatcher(reply)
@@ -116,9 +116,22 @@ class _Priority:
     def __init__(self) -> None:
         with contextlib.suppress(OSError):  # e.g. already at the limit
             os.nice(WRITER_NICENESS)
-        self._group = os.path.exists(self.AUTOGROUP)
+        self._group = self.grouped_by_session()
         self._ending = False
         self.background()
+
+    @classmethod
+    def grouped_by_session(cls) -> bool:
+        """Whether the kernel shares the CPU among this process's session group.
+
+        The file exists on every autogroup kernel but reads empty for a task in a cgroup of
+        its own (CI runners, containers): there the group's nice value changes nothing.
+        """
+        try:
+            with open(cls.AUTOGROUP) as group:
+                return group.read().startswith("/autogroup-")
+        except OSError:
+            return False
 
     def background(self) -> None:
         if not self._ending:
