@@ -70,7 +70,7 @@ def main() -> None:
     ratios: list[float] = []
     for _ in range(args.fits):
         tracelet.start_logging(project="interleaved").flush()
-        capture = next(i for i in api._instrumentors if i.name == "lightning")
+        capture = next(i for i in api._active.instrumentors if i.name == "lightning")
         blocks = Blocks(capture)
         run = trainer(args.steps)
         run.callbacks.append(blocks)

@@ -155,6 +155,41 @@ def test_an_uncaught_exception_marks_the_run_failed_and_still_exits_with_the_err
     assert "user bug" in run.data.tags["tracelet.failure"]
 
 
+def test_a_program_that_exits_non_zero_fails_its_run(tmp_path):
+    out = _script(
+        tmp_path,
+        """
+        import sys, tracelet
+        exp = tracelet.start_logging(project="exit")
+        exp.log_metric("loss", 1.0)
+        sys.exit(2)
+    """,
+    )
+    assert out.returncode == 2, out.stderr
+    run = mlflow_run(_only_run_id(tmp_path), f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert run.info.status == "FAILED"
+    assert "SystemExit: 2" in run.data.tags["tracelet.failure"]
+
+
+def test_stop_logging_restores_every_global_the_run_changed(capsys):
+    import signal
+
+    def handler(signum, frame):
+        pass
+
+    previous_term = signal.signal(signal.SIGTERM, handler)
+    try:
+        before = (sys.excepthook, sys.exit, signal.getsignal(signal.SIGTERM), sys.stdout, sys.stderr)
+        tracelet.start_logging(backend="fake_backends:Recording", config={"track_console": True})
+        during = (sys.excepthook, sys.exit, signal.getsignal(signal.SIGTERM), sys.stdout, sys.stderr)
+        assert all(now is not then for now, then in zip(during, before, strict=True))
+        tracelet.stop_logging()
+        after = (sys.excepthook, sys.exit, signal.getsignal(signal.SIGTERM), sys.stdout, sys.stderr)
+        assert all(now is then for now, then in zip(after, before, strict=True))
+    finally:
+        signal.signal(signal.SIGTERM, previous_term)
+
+
 def test_sigterm_marks_the_run_killed_and_still_terminates(tmp_path):
     out = _script(
         tmp_path,

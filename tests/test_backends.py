@@ -117,29 +117,24 @@ def test_clearml_splits_names_into_title_and_series(name, expected):
 
 
 def test_a_blocking_and_a_raising_backend_cost_mlflow_and_training_nothing():
-    def timed_fit(backends):
+    def fit(backends):
         exp = tracelet.start_logging(project="iso", backend=backends, config={"stop_timeout": 5})
         deadline = time.monotonic() + 120  # MLflow open (a new store through MlflowClient: seconds)
         while exp.stats()["mlflow"].state == "starting" and time.monotonic() < deadline:
             time.sleep(0.05)
-        trainer = make_trainer(max_epochs=4)
-        started = time.perf_counter()
-        run_tiny_job(trainer=trainer, test=False)
-        elapsed = time.perf_counter() - started
+        run_tiny_job(trainer=make_trainer(max_epochs=4), test=False)
         at_fit_end = exp.stats()
         report = tracelet.stop_logging()
         assert exp.status == "FINISHED"
-        return elapsed, at_fit_end, report
+        return at_fit_end, report
 
-    baseline, _, clean = timed_fit(["mlflow"])
-    elapsed, at_fit_end, report = timed_fit(
-        ["mlflow", "fake_backends:Blocking", "fake_backends:FailingWrite"]
-    )
+    _, clean = fit(["mlflow"])
+    at_fit_end, report = fit(["mlflow", "fake_backends:Blocking", "fake_backends:FailingWrite"])
     assert report.backends["mlflow"].sent == clean.backends["mlflow"].sent > 0
     assert report.backends["mlflow"].dropped == 0
     assert report.backends["FailingWrite"].failed == clean.backends["mlflow"].sent
-    assert at_fit_end["Blocking"].sent < report.backends["Blocking"].sent  # it really was stuck
-    assert elapsed < baseline + 1.5  # the blocking backend sleeps 3 s per batch
+    # the fit ended while the blocking backend (3 s per batch) was stuck: training did not wait
+    assert at_fit_end["Blocking"].sent < report.backends["Blocking"].sent
 
 
 def _install_plugin(tmp_path, monkeypatch) -> None:

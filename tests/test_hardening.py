@@ -3,6 +3,7 @@ loses or duplicates a point."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -300,4 +301,6 @@ def test_a_backend_hanging_forever_leaves_the_programs_exit_code_and_time_alone(
     hanging = next(line for line in out.stderr.splitlines() if "Hanging:" in line)
     assert "did not finish in time" in hanging
     recording = next(line for line in out.stderr.splitlines() if "Recording:" in line)
-    assert "100 events sent" in recording
+    assert "101 events sent" in recording  # 100 points and the tag that says why the run FAILED
+    rows = [json.loads(line) for line in (tmp_path / "Recording.jsonl").read_text().splitlines()]
+    assert rows[-1] == ["close", "FAILED"]  # sys.exit(3): the program failed

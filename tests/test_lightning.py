@@ -258,13 +258,13 @@ def test_cpu_values_are_read_at_capture_checked_on_the_sender_thread_and_arrive_
 
     import torch
 
-    from tracelet.experiment import Experiment
+    from tracelet.sink import Sink
 
     logged = {"train/loss_step", "train/loss_epoch", "val_loss", "test_loss"}
     expected = _oracle("lightning.pytorch", tmp_path)
     checkers: dict[str, set[str]] = {}
     buffered: list[type] = []
-    read_metrics, emit_host = Experiment._read_metrics, Experiment._emit_host
+    read_metrics, emit_host = Sink.read_metrics, Sink.host_metrics
 
     def recording(self, names, values, step, timestamp):
         for name in logged.intersection(names):
@@ -275,8 +275,8 @@ def test_cpu_values_are_read_at_capture_checked_on_the_sender_thread_and_arrive_
         buffered.extend(type(value) for name, value in zip(names, values, strict=True) if name in logged)
         return emit_host(self, names, values, step, timestamp)
 
-    monkeypatch.setattr(Experiment, "_read_metrics", recording)
-    monkeypatch.setattr(Experiment, "_emit_host", recording_emits)
+    monkeypatch.setattr(Sink, "read_metrics", recording)
+    monkeypatch.setattr(Sink, "host_metrics", recording_emits)
     exp = tracelet.start_logging(project="tiny")
     run_tiny_job("lightning.pytorch", logger=False)
     run_id = _run_id(exp)

@@ -163,7 +163,7 @@ def test_a_repeated_point_in_the_same_millisecond_is_kept(tmp_path):
 def test_status_failed_and_killed_reach_mlflow():
     for status in ("FAILED", "KILLED"):
         exp = tracelet.start_logging()
-        exp._mark_status(status)
+        exp.sink.mark_status(status)
         run_id = _finish(exp)
         assert mlflow_run(run_id).info.status == status
 

@@ -16,8 +16,11 @@ TRAINING = {
     "tracelet.autostart",
     "tracelet.bootstrap.sitecustomize",
     "tracelet.bus",
+    "tracelet.exits",
     "tracelet.experiment",
     "tracelet.pending",
+    "tracelet.run",
+    "tracelet.sink",
     "tracelet.transport",
     "tracelet.collectors.system",
     "tracelet.collectors.gpu",
@@ -94,3 +97,40 @@ def test_the_shared_modules_import_neither_side():
             continue  # the package's front door and the CLI start runs and replays: they may use both
         leaks += [f"{importer} imports {name}" for name in sorted(_imports(path)) if _side(name)]
     assert not leaks, "\n".join(leaks)
+
+
+# A run's end is the run's business: ``Run.stop`` ends its own ``Experiment`` (the handle users
+# hold has no public method that would end a run without stopping its parts).
+PRIVATE_ALLOWED = {("tracelet.run", "_end")}
+
+
+def _private_names_defined(tree: ast.AST) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+            names.add(node.attr)
+        elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+            names.add(node.id)
+    return {name for name in names if name.startswith("_") and not name.startswith("__")}
+
+
+def test_no_module_reaches_into_another_tracelet_modules_private_names():
+    """``obj._name`` where ``_name`` belongs to another tracelet module: the sink, the wire and the
+    run's parts talk through public names only (framework internals, e.g. Lightning's, are fine)."""
+    trees = {_module_name(path): ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")}
+    owned = {module: _private_names_defined(tree) for module, tree in trees.items()}
+    reaches = []
+    for module, tree in sorted(trees.items()):
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")):
+                continue
+            if node.attr.startswith("__") or node.attr in owned[module]:
+                continue
+            if isinstance(node.value, ast.Name) and node.value.id in ("self", "cls", "os", "sys"):
+                continue
+            owners = sorted(other for other, names in owned.items() if node.attr in names)
+            if owners and (module, node.attr) not in PRIVATE_ALLOWED:
+                reaches.append(f"{module}:{node.lineno} {ast.unparse(node)} (private to {', '.join(owners)})")
+    assert not reaches, "\n".join(reaches)

@@ -8,40 +8,29 @@ KeyboardInterrupt or SIGTERM KILLED.
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import os
-import signal
-import sys
 import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from types import TracebackType
 from typing import Any
 
 from tracelet import _log, naming
 from tracelet.backends import base as backends
 from tracelet.bus import EventBus
 from tracelet.config import Settings, resolve, source_of
-from tracelet.events import FAILED, KILLED
 from tracelet.experiment import Experiment, RunReport
+from tracelet.run import Run
 
 log = _log.get_logger("tracelet")
 
-_lock = threading.RLock()
-_active: Experiment | None = None
+_lock = threading.RLock()  # held while the active run changes, never across backend I/O
+_active: Run | None = None
 # the active run when `tracelet run` started it and no start_logging has adopted it yet
-_launched: Experiment | None = None
+_launched: Run | None = None
 # settings fixed once the writer has opened the run's backends
 _WHERE_THE_RUN_LIVES = ("project", "exp_name", "backend", "backend_url", "api_key", "journal", "journal_dir")
-_instrumentors: list[Any] = []  # Instrumentor; imported lazily (wrapt) to keep `import tracelet` cheap
-_collectors: list[Any] = []
-_console: Any = None  # ConsoleCapture of the active run
-_safety: Any = None  # the active run's instrumentation Safety: its failures and its cost
-_atexit_registered = False
-_previous_excepthook: Any = None
-_previous_sigterm: Any = None
 
 
 def start_logging(
@@ -76,15 +65,15 @@ def start_logging(
             return _adopt(_active, arguments, config)
     settings = resolve(arguments, config)
     specs = backends.resolve(settings.backends, source_of("backend", arguments, config))
-    with _lock:
-        if _active is not None:
-            log.warning(
-                "start_logging: run %r is still active; it is ended now (its summary follows) and a "
-                "new run starts. Call tracelet.stop_logging() first to end a run yourself.",
-                _active.name,
-            )
-            stop_logging()
-        return _begin(settings, specs)
+    active = _active
+    if active is not None:
+        log.warning(
+            "start_logging: run %r is still active; it is ended now (its summary follows) and a "
+            "new run starts. Call tracelet.stop_logging() first to end a run yourself.",
+            active.experiment.name,
+        )
+        stop_logging()
+    return _begin(settings, specs).experiment
 
 
 def start_for_program() -> Experiment:
@@ -97,21 +86,23 @@ def start_for_program() -> Experiment:
     global _launched
     settings = resolve()
     specs = backends.resolve(settings.backends, source_of("backend"))
-    with _lock:
-        _launched = _begin(settings, specs, hold=True)
-        return _launched
+    run = _launched = _begin(settings, specs, hold=True)
+    return run.experiment
 
 
-def _begin(settings: Settings, specs: list[backends.BackendSpec], hold: bool = False) -> Experiment:
+def _begin(settings: Settings, specs: list[backends.BackendSpec], hold: bool = False) -> Run:
+    global _active
     _log.ensure_visible()
     _log.forget_warnings()
     recording = _is_global_zero()
     console = _new_console() if recording and settings.track_console else None
-    run = _run_info(settings, uuid.uuid4().hex, time.time(), console)
-    bus = EventBus(run, specs, settings.queue_size, settings.writer, hold=hold) if recording else None
-    experiment = Experiment(settings, run, bus)
-    _activate(experiment, console)
-    return experiment
+    info = _run_info(settings, uuid.uuid4().hex, time.time(), console)
+    bus = EventBus(info, specs, settings.queue_size, settings.writer, hold=hold) if recording else None
+    run = Run(Experiment(settings, info, bus), bus, console, stop_logging, _name_project)
+    with _lock:
+        _active = run
+        run.start()
+    return run
 
 
 def _run_info(settings: Settings, run_uid: str, started_at: float, console: Any) -> backends.RunInfo:
@@ -130,9 +121,7 @@ def _run_info(settings: Settings, run_uid: str, started_at: float, console: Any)
     )
 
 
-def _adopt(
-    experiment: Experiment, arguments: Mapping[str, Any], config: Mapping[str, Any] | None
-) -> Experiment:
+def _adopt(launched: Run, arguments: Mapping[str, Any], config: Mapping[str, Any] | None) -> Experiment:
     """The program's ``start_logging`` under ``tracelet run``: continue the run already started.
 
     What the launch environment sets (``tracelet run``'s flags, ``TRACELET_*``) wins; the
@@ -141,19 +130,20 @@ def _adopt(
     """
     global _launched
     _launched = None
+    experiment = launched.experiment
     settings = resolve(arguments, config, environment_first=True)
     specs = backends.resolve(
         settings.backends, source_of("backend", arguments, config, environment_first=True)
     )
-    bus = experiment._bus
+    bus = launched.bus
     if bus is None:  # a non-zero rank records nothing either way
         experiment.settings = settings
         return experiment
-    console = _console if settings.track_console else None
+    console = launched.console if settings.track_console else None
     run = _run_info(settings, experiment.run_uid, experiment.run.started_at, console)
     if bus.reconfigure(run, specs, settings.queue_size):
         experiment.settings, experiment.run = settings, run
-        _restart_parts(experiment)
+        launched.restart()
         log.info(
             "start_logging: continuing the run `tracelet run` started, as %r in %r", run.exp_name, run.project
         )
@@ -170,7 +160,7 @@ def _adopt(
         settings = dataclasses.replace(settings, **opened)
         if settings != experiment.settings:  # what the training side does can still change
             experiment.settings = settings
-            _restart_parts(experiment)
+            launched.restart()
     bus.release()
     return experiment
 
@@ -178,29 +168,19 @@ def _adopt(
 def _name_project(project: str) -> None:
     """A framework's own project name (Accelerate's ``init_trackers``) names the run's project when
     nobody else did, while the run has not reached its backends (``tracelet run`` holds it)."""
-    experiment = _active
-    if experiment is None or experiment._bus is None or not project:
+    active = _active
+    if active is None or active.bus is None or not project:
         return
+    experiment = active.experiment
     if experiment.settings.project is not None or naming.project_from_environment() is not None:
         return
     settings = dataclasses.replace(experiment.settings, project=project)
     run = experiment.run._replace(project=project, settings={**experiment.run.settings, "project": project})
-    if experiment._bus.rename(run):
+    if active.bus.rename(run):
         experiment.settings, experiment.run = settings, run
         log.info("the run's project is %r, as the program's init_trackers names it", project)
     else:
         log.debug("init_trackers(%r) came after the run reached its backends; project kept", project)
-
-
-def _restart_parts(experiment: Experiment) -> None:
-    """Instrumentation, collectors and console capture again, with the run's new settings."""
-    console = _console
-    _deactivate()
-    if console is not None and not experiment.settings.track_console:
-        console.stop()
-        console.cleanup()
-        console = None
-    _activate(experiment, console, console_running=console is not None)
 
 
 def stop_logging(timeout: float | None = None) -> RunReport | None:
@@ -212,26 +192,14 @@ def stop_logging(timeout: float | None = None) -> RunReport | None:
     """
     global _active, _launched
     with _lock:
-        experiment = _active
-        if experiment is None:
+        run = _active
+        if run is None:
             return None
         _active = None
-        if _launched is experiment:
+        if _launched is run:
             _launched = None
-        console = _stop_console(experiment)
-        safety = _safety
-        _deactivate()
-        if safety is not None and safety.calls and experiment.settings.self_telemetry:
-            experiment._emit_metrics(
-                {"tracelet/hook_time_s": safety.seconds, "tracelet/hook_calls": safety.calls},
-                None,
-                time.time(),
-            )
-        report = experiment._end(experiment.settings.stop_timeout if timeout is None else timeout)
-        if safety is not None:
-            report.hook_seconds, report.hook_calls = safety.seconds, safety.calls
-        if console is not None and report.done:
-            console.cleanup()  # every backend has its copy
+    experiment = run.experiment
+    report = run.stop(experiment.settings.stop_timeout if timeout is None else timeout)
     if experiment.is_recording or report.backends:
         for line in report.lines():
             log.info(line)
@@ -240,81 +208,14 @@ def stop_logging(timeout: float | None = None) -> RunReport | None:
 
 def get_active_experiment() -> Experiment | None:
     """The run started by ``start_logging``, or None."""
-    return _active
+    run = _active
+    return run.experiment if run is not None else None
 
 
 def _new_console() -> Any:
     from tracelet.collectors.console import ConsoleCapture
 
     return ConsoleCapture()
-
-
-def _activate(experiment: Experiment, console: Any, console_running: bool = False) -> None:
-    global _active, _atexit_registered, _console, _safety
-    _active = experiment
-    settings = experiment.settings
-    if experiment.is_recording and (
-        settings.track_lightning
-        or settings.track_tensorboard
-        or settings.track_transformers
-        or settings.track_env
-    ):
-        from tracelet.instrumentation.base import Safety
-
-        safety = _safety = Safety(settings.strict, lose=experiment._lose)
-        if settings.track_lightning:
-            from tracelet.instrumentation.lightning import LightningInstrumentor
-
-            _instrumentors.append(LightningInstrumentor(experiment, safety))
-        if settings.track_tensorboard:
-            from tracelet.instrumentation.tensorboard import TensorBoardInstrumentor
-
-            _instrumentors.append(TensorBoardInstrumentor(experiment, safety))
-        if settings.track_transformers:
-            from tracelet.instrumentation.hf_accelerate import AccelerateInstrumentor
-            from tracelet.instrumentation.hf_trainer import TrainerInstrumentor
-
-            _instrumentors.append(TrainerInstrumentor(experiment, safety))
-            _instrumentors.append(AccelerateInstrumentor(experiment, safety, _name_project))
-        if settings.track_env:
-            from tracelet.instrumentation.arguments import ArgparseInstrumentor
-
-            _instrumentors.append(ArgparseInstrumentor(experiment, safety))
-    for instrumentor in _instrumentors:
-        instrumentor.instrument()
-    if experiment.is_recording and experiment.settings.track_system:
-        from tracelet.collectors.system import SystemCollector
-
-        _collectors.append(SystemCollector(experiment, experiment.settings.metrics_interval))
-    for collector in _collectors:
-        collector.start()
-    if console is not None:
-        _console = console
-        if not console_running:
-            console.start()
-    if not _atexit_registered:
-        atexit.register(_stop_at_exit)
-        _atexit_registered = True
-    _install_exit_hooks()
-
-
-def _stop_console(experiment: Experiment) -> Any:
-    global _console
-    console, _console = _console, None
-    if console is not None:
-        experiment.log_artifact(console.stop())
-    return console
-
-
-def _deactivate() -> None:
-    global _safety, _console
-    _safety = None
-    _console = None
-    while _collectors:
-        _collectors.pop().stop()
-    while _instrumentors:
-        _instrumentors.pop().uninstrument()
-    _remove_exit_hooks()
 
 
 def _command_line() -> tuple[str, ...]:
@@ -325,12 +226,6 @@ def _command_line() -> tuple[str, ...]:
     from tracelet.collectors.environment import redact_argv
 
     return tuple(redact_argv(naming.program_argv()))
-
-
-def _mark_exit_status(code: object) -> None:
-    """A program that ends with ``sys.exit(non-zero)`` failed."""
-    if _active is not None:
-        _active._mark_status(FAILED, SystemExit(code))
 
 
 def _torch_runtime() -> dict[str, str]:
@@ -348,53 +243,3 @@ def _is_global_zero() -> bool:
     local = os.environ.get("LOCAL_RANK", "0").strip()
     node = os.environ.get("NODE_RANK", os.environ.get("GROUP_RANK", "0")).strip()
     return local in ("", "0") and node in ("", "0")
-
-
-def _stop_at_exit() -> None:
-    if _active is not None:
-        stop_logging()
-
-
-def _excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
-    experiment = _active
-    if experiment is not None:
-        experiment._mark_status(KILLED if issubclass(kind, KeyboardInterrupt) else FAILED, value)
-    (_previous_excepthook or sys.__excepthook__)(kind, value, tb)
-
-
-def _on_sigterm(signum: int, frame: Any) -> None:
-    previous = _previous_sigterm
-    experiment = _active
-    if experiment is not None:
-        experiment._mark_status(KILLED)
-        stop_logging()
-    if callable(previous):
-        previous(signum, frame)
-    else:  # the default action: terminate, as if we had not been here
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _install_exit_hooks() -> None:
-    global _previous_excepthook, _previous_sigterm
-    if sys.excepthook is not _excepthook:
-        _previous_excepthook = sys.excepthook
-        sys.excepthook = _excepthook
-    if threading.current_thread() is threading.main_thread():
-        current = signal.getsignal(signal.SIGTERM)
-        if current is not signal.SIG_IGN and current is not _on_sigterm and current is not None:
-            _previous_sigterm = current
-            signal.signal(signal.SIGTERM, _on_sigterm)
-
-
-def _remove_exit_hooks() -> None:
-    global _previous_excepthook, _previous_sigterm
-    if sys.excepthook is _excepthook:
-        sys.excepthook = _previous_excepthook or sys.__excepthook__
-        _previous_excepthook = None
-    if (
-        threading.current_thread() is threading.main_thread()
-        and signal.getsignal(signal.SIGTERM) is _on_sigterm
-    ):
-        signal.signal(signal.SIGTERM, _previous_sigterm if _previous_sigterm is not None else signal.SIG_DFL)
-        _previous_sigterm = None

@@ -59,19 +59,3 @@ def maybe_start() -> None:
     except ConfigError as err:
         print(f"[tracelet] not tracking this program: {err}", file=sys.stderr)
         return
-    _record_exit_status()
-
-
-def _record_exit_status() -> None:
-    """``sys.exit(1)`` never reaches ``sys.excepthook``: mark the run FAILED on the way out."""
-    original = sys.exit
-
-    def exit(status: object = None) -> None:
-        if status not in (None, 0):
-            from tracelet.api import _mark_exit_status
-
-            _mark_exit_status(status)
-        original(status)  # type: ignore[arg-type]
-
-    exit.__wrapped__ = original  # type: ignore[attr-defined]
-    sys.exit = exit

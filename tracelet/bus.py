@@ -25,7 +25,7 @@ from tracelet.backends.base import BackendSpec, RunInfo
 from tracelet.events import Event, Metrics, RunEnd
 from tracelet.pending import DeferredMetrics, HostMetrics
 from tracelet.transport import ProcessTransport, ThreadTransport
-from tracelet.wire import BackendStats, Control, Init, Reply
+from tracelet.wire import BackendStats, Control, Init, Ledger, Reply
 
 log = _log.get_logger(__name__)
 
@@ -66,9 +66,7 @@ class EventBus:
         self._stopping = False
         self._dead = False  # the writer is gone: everything from now on is dropped, counted
         self._forked = False
-        self.dropped: dict[str, int] = {}  # reason -> points lost on the way, every backend's loss
-        self.invalid: dict[str, int] = {}  # reason -> the user's inputs refused before they became events
-        self._drop_lock = threading.Lock()  # the training, sender and reply threads all count drops
+        self.ledger = Ledger()  # what this process could not hand on, and the inputs it refused
         self._names = [spec.name for spec in backends]
         self._stats: dict[str, BackendStats] = {name: BackendStats(name) for name in self._names}
         self._stats_lock = threading.Lock()
@@ -141,9 +139,7 @@ class EventBus:
         started = time.monotonic()
         if not (self._dead or self._forked):
             self._buffer.append(RunEnd(status))
-        with self._drop_lock:
-            upstream = {"dropped": dict(self.dropped), "invalid": dict(self.invalid)}
-        outcome = self._request("shutdown", timeout, upstream)
+        outcome = self._request("shutdown", timeout, self.ledger.copy())
         self._stopping = True
         self._wake.set()
         self._sender.join(max(0.05, timeout - (time.monotonic() - started)))
@@ -164,10 +160,7 @@ class EventBus:
             for stats in result.values():
                 if self._dead and not self._forked:
                     self._count_lost_with_writer(stats)
-                for reason, count in self.dropped.items():
-                    stats.drop(count, reason)
-                for reason, count in self.invalid.items():
-                    stats.reject_input(count, reason)
+                self.ledger.charge(stats)
         return result
 
     def _count_lost_with_writer(self, stats: BackendStats) -> None:
@@ -180,11 +173,6 @@ class EventBus:
             stats.drop(lost, "writer process exited")
         if stats.state in ("starting", "open"):
             stats.state = "lost"
-
-    def count_invalid(self, count: int, reason: str) -> None:
-        """Count inputs refused before they became events (a metric value that is not a number)."""
-        with self._drop_lock:
-            self.invalid[reason] = self.invalid.get(reason, 0) + count
 
     # -- internals ----------------------------------------------------------------------
     def _request(self, kind: str, timeout: float, payload: Any = None) -> Outcome:
@@ -206,8 +194,7 @@ class EventBus:
 
     def count_dropped(self, count: int, reason: str) -> None:
         """Count points lost on the training side (every backend lacks them) under ``reason``."""
-        with self._drop_lock:
-            self.dropped[reason] = self.dropped.get(reason, 0) + count
+        self.ledger.drop(count, reason)
         if reason == "queue full":
             _log.warn_once(
                 "bus-overflow",

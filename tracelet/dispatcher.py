@@ -18,7 +18,7 @@ from typing import Any
 from tracelet import _log
 from tracelet.backends import base
 from tracelet.events import Artifact, Event, Metrics, RunEnd
-from tracelet.wire import BackendStats, Control, Init, Reply
+from tracelet.wire import BackendStats, Control, Init, Ledger, Reply
 from tracelet.worker import BackendWorker
 
 log = _log.get_logger(__name__)
@@ -33,7 +33,7 @@ class Dispatcher:
         self._console: str | None = None
         self._backends = 0
         self._context_events = 0  # events added here (git, environment): the bus counts what it sent
-        self._upstream: dict[str, dict[str, int]] = {}  # the training process's own drop counts
+        self._upstream = Ledger()  # what the training process itself could not hand on
         self._opened = 0
         self._opened_lock = threading.Lock()
         self.all_opened = threading.Event()  # every backend is open (or gave up opening)
@@ -85,7 +85,7 @@ class Dispatcher:
             self._answer_when(control, "flushed", markers)
         elif control.kind == "shutdown":
             self._ended = True
-            self._upstream = control.payload or {}
+            self._upstream = control.payload or Ledger()
             self._answer_when(control, "closed", [w.finished for w in self._workers])
         else:
             log.warning("ignoring an unknown control request %r", control.kind)
@@ -148,10 +148,7 @@ class Dispatcher:
 
         delivery = {}
         for name, stats in self.stats().items():
-            for reason, count in self._upstream.get("dropped", {}).items():
-                stats.drop(count, reason)
-            for reason, count in self._upstream.get("invalid", {}).items():
-                stats.reject_input(count, reason)
+            self._upstream.charge(stats)
             delivery[name] = journal.delivery_entry(stats)
         try:
             journal.write_json(os.path.join(directory, journal.DELIVERY_FILE), delivery)

@@ -5,7 +5,8 @@ collectors that run in training) and the writer side (``writer``, ``dispatcher``
 the backends) import this module, never each other (``tests/test_wire.py`` walks the imports).
 
 On the event pipe: the run's ``Init`` (in a ``Control``), events, and ``flush``/``shutdown``
-``Control`` requests, in order. On the reply pipe: ``Reply`` messages carrying each backend's
+``Control`` requests, in order; the shutdown request carries the training side's ``Ledger``.
+On the reply pipe: ``Reply`` messages carrying each backend's
 ``BackendStats``. Frames are a 4-byte big-endian length followed by a pickle. In the event
 frames, ``Metrics`` — nearly every event — travel as plain tuples (``read_events`` makes them
 ``Metrics`` again): pickling a NamedTuple calls its Python ``__getnewargs__``, 1.2 µs an event
@@ -17,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 import pickle
 import struct
-from collections.abc import Sequence
+import threading
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from typing import Any, BinaryIO, NamedTuple
 
 from tracelet.backends.base import BackendSpec, RunInfo, RunLocation
@@ -94,6 +97,49 @@ class BackendStats:
 
     def _because(self, count: int, reason: str) -> None:
         self.reasons[reason] = self.reasons.get(reason, 0) + count
+
+
+class Ledger:
+    """What the training process could not hand to any backend, by reason: the one count of
+    it that the stop summary, the report and ``delivery.json`` all read (``charge``).
+
+    ``dropped``: points lost on the way (a full buffer, a dead writer, a failed capture);
+    every backend lacks them. ``invalid``: the user's inputs refused at the door (a metric
+    value that is not a number). The training, sender and reply threads all count.
+    """
+
+    def __init__(self, dropped: Mapping[str, int] | None = None, invalid: Mapping[str, int] | None = None):
+        self.dropped: Counter[str] = Counter(dropped)
+        self.invalid: Counter[str] = Counter(invalid)
+        self._lock = threading.Lock()
+
+    def drop(self, count: int, reason: str) -> None:
+        with self._lock:
+            self.dropped[reason] += count
+
+    def reject(self, count: int, reason: str) -> None:
+        with self._lock:
+            self.invalid[reason] += count
+
+    def copy(self) -> Ledger:
+        with self._lock:
+            return Ledger(self.dropped, self.invalid)
+
+    def charge(self, stats: BackendStats) -> None:
+        """Add these counts to one backend's ``stats``."""
+        with self._lock:
+            dropped, invalid = list(self.dropped.items()), list(self.invalid.items())
+        for reason, count in dropped:
+            stats.drop(count, reason)
+        for reason, count in invalid:
+            stats.reject_input(count, reason)
+
+    def __getstate__(self) -> tuple[dict[str, int], dict[str, int]]:
+        with self._lock:
+            return dict(self.dropped), dict(self.invalid)
+
+    def __setstate__(self, state: tuple[dict[str, int], dict[str, int]]) -> None:
+        self.__init__(*state)  # type: ignore[misc]
 
 
 _HEADER = struct.Struct(">I")

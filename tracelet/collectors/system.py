@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tracelet.collectors.gpu import NvmlReader
 
 if TYPE_CHECKING:
-    from tracelet.experiment import Experiment
+    from tracelet.sink import Sink
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ FIRST_SAMPLE_AFTER_S = 1.0
 class SystemCollector:
     """Samples a second after start and then every ``interval`` seconds until ``stop``."""
 
-    def __init__(self, experiment: Experiment, interval: float) -> None:
-        self._experiment = experiment
+    def __init__(self, sink: Sink, interval: float) -> None:
+        self._sink = sink
         self._interval = interval
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._run, name="tracelet-system", daemon=True)
@@ -141,5 +141,5 @@ class SystemCollector:
                 self._sampler.close()
 
     def _emit(self, values: dict[str, float]) -> None:
-        self._experiment._emit_metrics({PREFIX + k: v for k, v in values.items()}, self.samples, time.time())
+        self._sink.metrics({PREFIX + k: v for k, v in values.items()}, self.samples, time.time())
         self.samples += 1

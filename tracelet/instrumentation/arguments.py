@@ -15,16 +15,16 @@ from typing import TYPE_CHECKING, Any
 from tracelet.instrumentation.base import Instrumentor, Safety, guarded
 
 if TYPE_CHECKING:
-    from tracelet.experiment import Experiment
+    from tracelet.sink import Sink
 
 
 class ArgparseInstrumentor(Instrumentor):
     name = "argparse"
     modules = ("argparse",)
 
-    def __init__(self, experiment: Experiment, safety: Safety) -> None:
+    def __init__(self, sink: Sink, safety: Safety) -> None:
         super().__init__(safety)
-        self._experiment = experiment
+        self._sink = sink
         self._depth = threading.local()
 
     def _apply(self, module: ModuleType) -> None:
@@ -55,4 +55,4 @@ class ArgparseInstrumentor(Instrumentor):
         if depth == 1 and isinstance(namespace, argparse.Namespace):
             values = {k: v for k, v in vars(namespace).items() if not k.startswith("_")}
             if values:
-                self._experiment.log_params({"args": values})
+                self._sink.params({"args": values})

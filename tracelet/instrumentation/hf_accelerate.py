@@ -24,7 +24,7 @@ from tracelet.instrumentation.base import Instrumentor, Safety, guarded
 from tracelet.instrumentation.tensorboard import captured_elsewhere
 
 if TYPE_CHECKING:
-    from tracelet.experiment import Experiment
+    from tracelet.sink import Sink
 
 _LOG = "accelerate Accelerator.log"
 
@@ -33,9 +33,9 @@ class AccelerateInstrumentor(Instrumentor):
     name = "accelerate"
     modules = ("accelerate.accelerator",)
 
-    def __init__(self, experiment: Experiment, safety: Safety, name_project: Callable[[str], None]) -> None:
+    def __init__(self, sink: Sink, safety: Safety, name_project: Callable[[str], None]) -> None:
         super().__init__(safety)
-        self._experiment = experiment
+        self._sink = sink
         self._name_project = name_project
         safety.points_of(
             _LOG, lambda _accelerator, args, kwargs: len(_argument(args, kwargs, 0, "values") or {})
@@ -80,7 +80,7 @@ class AccelerateInstrumentor(Instrumentor):
                 numbers.append(value)
         if names:
             step = None if step is None else int(step)
-            self._experiment._emit_host(tuple(names), tuple(numbers), step, time.time())
+            self._sink.host_metrics(tuple(names), tuple(numbers), step, time.time())
 
     def _init_trackers(self, accelerator: Any, args: tuple, kwargs: dict) -> None:
         if not accelerator.is_main_process:
@@ -90,7 +90,7 @@ class AccelerateInstrumentor(Instrumentor):
         if project:
             self._name_project(str(project))
         if config:
-            self._experiment.log_params(config)
+            self._sink.params(config)
 
 
 def _argument(args: tuple, kwargs: dict, index: int, name: str) -> Any:

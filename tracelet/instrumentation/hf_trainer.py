@@ -38,7 +38,7 @@ from tracelet.instrumentation.base import Instrumentor, Safety, guarded, the_ins
 from tracelet.instrumentation.tensorboard import captured_elsewhere
 
 if TYPE_CHECKING:
-    from tracelet.experiment import Experiment
+    from tracelet.sink import Sink
 
 _ENTRY_POINTS = ("train", "evaluate", "predict")
 _TENSORBOARD_WRITES = ("on_train_begin", "on_log")
@@ -49,9 +49,9 @@ class TrainerInstrumentor(Instrumentor):
     name = "transformers"
     modules = ("transformers.trainer",)
 
-    def __init__(self, experiment: Experiment, safety: Safety) -> None:
+    def __init__(self, sink: Sink, safety: Safety) -> None:
         super().__init__(safety)
-        self._experiment = experiment
+        self._sink = sink
         self._callback: Any = None
         self._trainers: weakref.WeakSet[Any] = weakref.WeakSet()
         safety.points_of(_LOGS, lambda _state, logs: len(logs))
@@ -121,7 +121,7 @@ class TrainerInstrumentor(Instrumentor):
 
     def _on_error(self, _trainer: Any, exc: BaseException) -> None:
         interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
-        self._experiment._mark_status(KILLED if interrupted else FAILED, exc)
+        self._sink.mark_status(KILLED if interrupted else FAILED, exc)
 
     # -- what the callback records -------------------------------------------------------------
     def log(self, state: Any, logs: Mapping[str, Any]) -> None:
@@ -143,14 +143,14 @@ class TrainerInstrumentor(Instrumentor):
             names.append(str(key))
             values.append(value)
         if names:
-            self._experiment._emit_host(tuple(names), tuple(values), int(state.global_step), time.time())
+            self._sink.host_metrics(tuple(names), tuple(values), int(state.global_step), time.time())
 
     def params(self, args: Any, model: Any) -> None:
         params = dict(args.to_dict())
         config = getattr(model, "config", None)
         if config is not None and hasattr(config, "to_dict"):
             params = {**config.to_dict(), **params}
-        self._experiment.log_params(params)
+        self._sink.params(params)
 
     def checkpoints(self, args: Any, state: Any, final: bool) -> None:
         tags: dict[str, Any] = {}
@@ -161,10 +161,10 @@ class TrainerInstrumentor(Instrumentor):
             if args.metric_for_best_model:
                 tags["checkpoint.monitor"] = args.metric_for_best_model
         if tags:
-            self._experiment.set_tags(tags)
+            self._sink.tags(tags)
         if final and state.best_metric is not None:
             best = {"checkpoint/best_score": state.best_metric}
-            self._experiment._emit_metrics(best, int(state.global_step), time.time())
+            self._sink.metrics(best, int(state.global_step), time.time())
 
 
 def _callback_class(base: type) -> type:

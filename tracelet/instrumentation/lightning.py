@@ -44,7 +44,8 @@ from tracelet.instrumentation.tensorboard import captured_elsewhere, capturing_e
 from tracelet.values import read_cpu_scalar
 
 if TYPE_CHECKING:
-    from tracelet.experiment import Experiment
+    from tracelet.config import Settings
+    from tracelet.sink import Sink
 
 NAMESPACES = ("lightning.pytorch", "pytorch_lightning")
 _CONNECTOR = "trainer.connectors.logger_connector.logger_connector"
@@ -58,9 +59,10 @@ class LightningInstrumentor(Instrumentor):
     name = "lightning"
     modules = tuple(f"{ns}.trainer.trainer" for ns in NAMESPACES)
 
-    def __init__(self, experiment: Experiment, safety: Safety) -> None:
+    def __init__(self, sink: Sink, safety: Safety, settings: Settings) -> None:
         super().__init__(safety)
-        self._experiment = experiment
+        self._sink = sink
+        self._settings = settings
         safety.points_of(_LOG_METRICS, _metric_count)
 
     def library_version(self) -> str:
@@ -120,14 +122,14 @@ class LightningInstrumentor(Instrumentor):
         once per fit (``_FitLoop.on_run_start``, after ``on_fit_start``; the end of
         ``Trainer.fit``).
         """
-        settings = self._experiment.settings
+        settings = self._settings
         observer: TrainingObserver | None = None
 
         def make_observer() -> None:
             nonlocal observer
             data_module = importlib.import_module(f"{namespace}.utilities.data")
             observer = TrainingObserver(
-                self._experiment,
+                self._sink,
                 optimizer=settings.track_optimizer,
                 perf=settings.track_perf,
                 log_checkpoints=settings.log_checkpoints,
@@ -279,9 +281,9 @@ class LightningInstrumentor(Instrumentor):
             values.append(epoch)
         now = time.time()
         step = int(step)
-        self._experiment._emit_host(tuple(names), tuple(values), step, now)
+        self._sink.host_metrics(tuple(names), tuple(values), step, now)
         for device_names, stacked in on_device:
-            self._experiment._emit_deferred(device_names, _to_host_later(stacked), step, now)
+            self._sink.deferred_metrics(device_names, _to_host_later(stacked), step, now)
 
     # -- hyperparameters -------------------------------------------------------------------
     def _capture_hyperparams(self, _instance: Any, args: tuple, kwargs: dict) -> None:
@@ -290,13 +292,13 @@ class LightningInstrumentor(Instrumentor):
             return None
         hparams = _initial_hparams(trainer)
         if hparams:
-            self._experiment.log_params(hparams)
+            self._sink.params(hparams)
         return None
 
     # -- run status ------------------------------------------------------------------------
     def _on_error(self, _context: Any, exc: BaseException) -> None:
         interrupted = isinstance(exc, KeyboardInterrupt) or isinstance(exc.__context__, KeyboardInterrupt)
-        self._experiment._mark_status(KILLED if interrupted else FAILED, exc)
+        self._sink.mark_status(KILLED if interrupted else FAILED, exc)
 
 
 def _metric_count(_connector: Any, args: tuple, kwargs: dict) -> int:

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from tracelet import _log
 
 if TYPE_CHECKING:
-    from tracelet.experiment import Experiment
+    from tracelet.sink import Sink
 
 log = _log.get_logger(__name__)
 
@@ -39,7 +39,7 @@ PERF_MIN_WINDOW_S = 1.0  # perf/ points average at least this much time (and lan
 class TrainingObserver:
     def __init__(
         self,
-        experiment: Experiment,
+        sink: Sink,
         optimizer: bool,
         perf: bool,
         log_checkpoints: bool,
@@ -47,7 +47,7 @@ class TrainingObserver:
         extract_batch_size: Callable[[Any], int],
         training_stage: Any,
     ) -> None:
-        self._experiment = experiment
+        self._sink = sink
         self._training_stage = training_stage
         self._extract_batch_size = extract_batch_size
         self._optimizer = optimizer
@@ -75,7 +75,7 @@ class TrainingObserver:
         if self._optimizer and trainer.optimizers:
             optimizers = [_optimizer_params(o) for o in trainer.optimizers]
             params["optimizer"] = optimizers[0] if len(optimizers) == 1 else dict(enumerate(optimizers))
-        self._experiment.log_params(params)
+        self._sink.params(params)
 
     # -- optimizer state -------------------------------------------------------------------
     def epoch_start(self, trainer: Any, _args: tuple) -> None:
@@ -94,7 +94,7 @@ class TrainingObserver:
         if not always and signature == self._optimizer_signature:
             return
         self._optimizer_signature = signature
-        self._experiment._emit_metrics(_optimizer_state(optimizers), _step(trainer), time.time())
+        self._sink.metrics(_optimizer_state(optimizers), _step(trainer), time.time())
 
     # -- efficiency ------------------------------------------------------------------------
     def batch_start(self, trainer: Any, args: tuple) -> None:
@@ -126,7 +126,7 @@ class TrainingObserver:
             }
             if window.samples and window.elapsed > 0:
                 values["perf/samples_per_s"] = window.samples / window.elapsed
-            self._experiment._emit_metrics(values, _step(trainer), time.time())
+            self._sink.metrics(values, _step(trainer), time.time())
             window.emitted = now
             window.reset()
 
@@ -136,7 +136,7 @@ class TrainingObserver:
         if self._perf and self._window.epoch_started:
             seconds = time.perf_counter() - self._window.epoch_started
             self._window.epoch_started = 0.0
-            self._experiment._emit_metrics({"perf/epoch_time_s": seconds}, step, time.time())
+            self._sink.metrics({"perf/epoch_time_s": seconds}, step, time.time())
         self._record_checkpoints(trainer, step)
 
     def validation_end(self, trainer: Any, _args: tuple) -> None:
@@ -155,9 +155,9 @@ class TrainingObserver:
             tags = {f"{prefix}.best_path": best, f"{prefix}.last_path": last}
             if callback.monitor:
                 tags[f"{prefix}.monitor"] = callback.monitor
-            self._experiment.set_tags({k: v for k, v in tags.items() if v})
+            self._sink.tags({k: v for k, v in tags.items() if v})
             if score is not None:
-                self._experiment._emit_metrics({f"{prefix}/best_score": score}, step, time.time())
+                self._sink.metrics({f"{prefix}/best_score": score}, step, time.time())
 
     def fit_end(self, trainer: Any, _args: tuple) -> None:
         self._record_checkpoints(trainer, max(_step(trainer) - 1, 0))
@@ -169,7 +169,7 @@ class TrainingObserver:
             reason = getattr(stopper, "stopping_reason_message", None) or getattr(
                 getattr(stopper, "stopping_reason", None), "value", ""
             )
-            self._experiment.set_tags(
+            self._sink.tags(
                 {"early_stopping.stopped_epoch": stopper.stopped_epoch, "early_stopping.reason": reason or ""}
             )
 
@@ -188,7 +188,7 @@ class TrainingObserver:
                 log=log,
             )
             return
-        self._experiment.log_artifact(path, artifact_path="checkpoints")
+        self._sink.artifact(path, artifact_path="checkpoints")
 
     def _batch_size(self, batch: Any, previous: int | None) -> int | None:
         """The batch size as Lightning infers it; the previous one when it cannot tell."""

@@ -24,7 +24,7 @@ from tracelet.instrumentation.base import Instrumentor, Safety, guarded
 from tracelet.values import to_step
 
 if TYPE_CHECKING:
-    from tracelet.experiment import Experiment
+    from tracelet.sink import Sink
 
 
 class _Capturing(threading.local):
@@ -67,9 +67,9 @@ class TensorBoardInstrumentor(Instrumentor):
     name = "tensorboard"
     modules = ("torch.utils.tensorboard.writer", "tensorboardX.writer")
 
-    def __init__(self, experiment: Experiment, safety: Safety) -> None:
+    def __init__(self, sink: Sink, safety: Safety) -> None:
         super().__init__(safety)
-        self._experiment = experiment
+        self._sink = sink
 
     def _apply(self, module: ModuleType) -> None:
         active = lambda: self.active and not _suppressed()  # noqa: E731
@@ -89,20 +89,20 @@ class TensorBoardInstrumentor(Instrumentor):
         tag = _argument(args, kwargs, 0, "tag")
         value = _argument(args, kwargs, 1, "scalar_value")
         step = _argument(args, kwargs, 2, "global_step")
-        return self._experiment, {str(tag): value}, _step(step)
+        return self._sink, {str(tag): value}, _step(step)
 
     def _scalars(self, _writer: Any, args: tuple, kwargs: dict) -> Any:
         main = _argument(args, kwargs, 0, "main_tag")
         values = _argument(args, kwargs, 1, "tag_scalar_dict") or {}
         step = _argument(args, kwargs, 2, "global_step")
-        return self._experiment, {f"{main}/{key}": value for key, value in values.items()}, _step(step)
+        return self._sink, {f"{main}/{key}": value for key, value in values.items()}, _step(step)
 
     def _hparams(self, args: tuple, kwargs: dict) -> None:
         params = _argument(args, kwargs, 0, "hparam_dict") or {}
         metrics = _argument(args, kwargs, 1, "metric_dict") or {}
         step = _argument(args, kwargs, 4, "global_step")
-        self._experiment.log_params(dict(params))
-        _emit((self._experiment, dict(metrics), _step(step)), None)
+        self._sink.params(dict(params))
+        _emit((self._sink, dict(metrics), _step(step)), None)
 
 
 def _step(step: Any) -> int | None:
@@ -113,5 +113,5 @@ def _step(step: Any) -> int | None:
 
 
 def _emit(context: Any, _result: Any) -> None:
-    experiment, values, step = context
-    experiment._emit_metrics(values, step, time.time())
+    sink, values, step = context
+    sink.metrics(values, step, time.time())
