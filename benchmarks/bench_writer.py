@@ -16,7 +16,6 @@ as wall time does; each repeat is a fresh run in a fresh store, the median is pr
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import statistics
 import tempfile
@@ -25,7 +24,7 @@ import time
 import uuid
 
 from tracelet.bus import CHUNK as FRAME  # groups per frame, as the bus ships them
-from tracelet.wire import read_events, write_events
+from tracelet.wire import decode_events, encode_events
 
 NAMES = ("train/loss", "train/abs", "train/scaled", "epoch")  # what the core benchmark's fit logs
 TARGETS = {
@@ -44,12 +43,8 @@ def _frames(steps: int) -> list[bytes]:
         Metrics(NAMES, (0.5 + step * 1e-4, 0.25, 0.125, 0.0), step, started + step * 1e-3)
         for step in range(steps)
     ]
-    frames = []
-    for i in range(0, steps, FRAME):
-        frame = io.BytesIO()
-        write_events(frame, groups[i : i + FRAME])  # as the bus's sender writes them
-        frames.append(frame.getvalue())
-    return frames
+    # as the bus's sender encodes them
+    return [encode_events(groups[i : i + FRAME]) for i in range(0, steps, FRAME)]
 
 
 def _one_run(backends: list[str], frames: list[bytes]) -> float:
@@ -83,7 +78,7 @@ def _one_run(backends: list[str], frames: list[bytes]) -> float:
     wait_for("flush", 1, [])  # opened: MLflow's import and store creation are not counted
     cpu = _cpu()
     for frame in frames:
-        dispatcher.handle(read_events(io.BytesIO(frame)))
+        dispatcher.handle(decode_events(frame))
     wait_for("flush", 2, [])
     cpu = _cpu() - cpu
     wait_for("shutdown", 3, [RunEnd("FINISHED")])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -115,10 +116,13 @@ def test_a_torn_last_record_is_skipped_and_the_rest_replays(tmp_path):
     events = list(journal.events(record))
     assert sum(1 for e in events if isinstance(e, Metric) and e.name == "train/loss") == 20
     target = f"sqlite:///{tmp_path / 'replayed.db'}"
-    stats = replay(record.path, ["mlflow"], backend_url=target)
+    progress = io.StringIO()
+    stats = replay(record.path, ["mlflow"], backend_url=target, progress=progress)
     assert stats["mlflow"].failed == stats["mlflow"].dropped == 0
     _, (run,) = _mlflow_run(target)
     assert len(mlflow_series(run.info.run_id, target)["train/loss"]) == 20
+    total = journal.count_events(record)
+    assert "replaying: 100%" in progress.getvalue() and f"{total}/{total}" in progress.getvalue()
 
 
 def test_journal_off_writes_nothing(monkeypatch):

@@ -18,6 +18,7 @@ import os
 import threading
 import time
 import weakref
+from collections import Counter
 from typing import Any
 
 from tracelet import _log, journal
@@ -155,7 +156,7 @@ class EventBus:
             self._drop_buffered()  # an emit that raced the writer's death may have appended since
         with self._stats_lock:
             result = {
-                name: dataclasses.replace(s, reasons=dict(s.reasons)) for name, s in self._stats.items()
+                name: dataclasses.replace(s, reasons=Counter(s.reasons)) for name, s in self._stats.items()
             }
             for stats in result.values():
                 if self._dead and not self._forked:

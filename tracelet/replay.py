@@ -119,27 +119,24 @@ def _remember(record: journal.Journal, stats: dict[str, BackendStats]) -> None:
 
 
 class _Progress:
-    """A one-line progress bar on a terminal; nothing when ``stream`` is None."""
+    """tqdm's bar on a terminal, set to what the backends have delivered; nothing when
+    ``stream`` is None."""
 
     def __init__(self, stream: TextIO | None, total: int) -> None:
-        self._stream = stream
-        self._total = max(total, 1)
-        self._shown = 0.0
+        self._bar = None
+        if stream is not None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(
+                total=total, file=stream, desc="replaying", unit="event", mininterval=PROGRESS_EVERY_S
+            )
 
     def show(self, done: int, final: bool = False) -> None:
-        if self._stream is None:
+        if self._bar is None:
             return
-        now = time.monotonic()
-        if not final and now - self._shown < PROGRESS_EVERY_S:
-            return
-        self._shown = now
-        share = min(done / self._total, 1.0)
-        filled = int(share * 30)
-        line = (
-            f"\rreplaying {min(done, self._total)}/{self._total} events [{'#' * filled}{'.' * (30 - filled)}]"
-        )
-        self._stream.write(line + ("\n" if final else ""))
-        self._stream.flush()
+        self._bar.update(min(done, self._bar.total) - self._bar.n)  # tqdm redraws at most every 0.5 s
+        if final:
+            self._bar.close()
 
 
 def stderr_if_terminal() -> TextIO | None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from tracelet import _log
 from tracelet.backends.base import WRITER_ENV, import_path  # WRITER_ENV: nothing in the writer tracks
-from tracelet.wire import Reply, read_frame, write_events
+from tracelet.wire import Reply, connect, decode, encode_events
 
 log = _log.get_logger(__name__)
 
@@ -68,8 +68,8 @@ class ProcessTransport:
         finally:
             os.close(data_read)
             os.close(reply_write)
-        self._stream = os.fdopen(data_write, "wb", buffering=1 << 16)
-        self._replies = os.fdopen(reply_read, "rb")
+        self._events = connect(data_write, readable=False)
+        self._replies = connect(reply_read, readable=True)
         self._on_reply = on_reply
         self._on_exit = on_exit
         self._reader = threading.Thread(target=self._read_replies, name="tracelet-replies", daemon=True)
@@ -80,12 +80,12 @@ class ProcessTransport:
         return self._process.pid
 
     def send(self, items: Sequence[Any]) -> None:
-        write_events(self._stream, items)
+        self._events.send_bytes(encode_events(items))
 
     def close(self) -> None:
         """Close our end of the data pipe: the writer finishes on its own deadline."""
         with contextlib.suppress(OSError):  # the writer may be gone already; nothing to tell it
-            self._stream.close()
+            self._events.close()
         # reap the writer when it exits (it finishes on its own deadline), leaving no zombie
         threading.Thread(target=self._process.wait, name="tracelet-reaper", daemon=True).start()
 
@@ -97,15 +97,15 @@ class ProcessTransport:
 
     def after_fork_in_child(self) -> None:
         """A forked child (e.g. a DataLoader worker) must not hold the writer's pipe open."""
-        for stream in (self._stream, self._replies):
+        for end in (self._events, self._replies):
             with contextlib.suppress(OSError):
-                os.close(stream.fileno())
+                os.close(end.fileno())
 
     def _read_replies(self) -> None:
         try:
             while True:
-                self._on_reply(read_frame(self._replies))
-        except (EOFError, OSError):
+                self._on_reply(decode(self._replies.recv_bytes()))
+        except (EOFError, OSError):  # OSError: also a message cut short by the writer's death
             pass
         except Exception:  # a reply we cannot decode: stop listening, the bus reports it
             log.exception("tracelet could not read a reply from its writer process")

@@ -13,6 +13,7 @@ import collections
 import dataclasses
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -102,7 +103,7 @@ class BackendWorker:
 
     def snapshot(self) -> BackendStats:
         with self._cond:
-            return dataclasses.replace(self.stats, reasons=dict(self.stats.reasons))
+            return dataclasses.replace(self.stats, reasons=Counter(self.stats.reasons))
 
     @property
     def finished(self) -> threading.Event:

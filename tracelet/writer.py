@@ -21,7 +21,7 @@ import time
 from tracelet import _log
 from tracelet.dispatcher import Dispatcher
 from tracelet.events import KILLED
-from tracelet.wire import Control, Reply, read_events, write_frame
+from tracelet.wire import Control, Reply, connect, decode_events, encode
 
 WRITER_NICENESS = 10  # the writer's threads, where tasks compete one by one (inside a cgroup)
 BACKGROUND_GROUP_NICENESS = 19  # its session group while training runs (autogroup)
@@ -32,12 +32,13 @@ GC_DEFERRED_MAX_S = 60.0  # the garbage collector is back on by then, even if a 
 
 class _ReplyChannel:
     def __init__(self, fd: int) -> None:
-        self._stream = os.fdopen(fd, "wb")
+        self._connection = connect(fd, readable=False)
         self._lock = threading.Lock()
 
     def send(self, reply: Reply) -> None:
+        message = encode(reply)
         with self._lock, contextlib.suppress(OSError):  # OSError: the training process is gone
-            write_frame(self._stream, reply)
+            self._connection.send_bytes(message)
 
 
 class _ForwardWarnings(logging.Handler):
@@ -77,15 +78,15 @@ def main(argv: list[str]) -> int:
     dispatcher = Dispatcher(reply)
     _defer_garbage_collection(dispatcher.all_opened)
     _report_progress(dispatcher, channel, closed)
-    stream = os.fdopen(data_fd, "rb")
+    events = connect(data_fd, readable=True)
     try:
         while True:
-            items = read_events(stream)
+            items = decode_events(events.recv_bytes())
             for item in items:
                 if isinstance(item, Control) and item.kind != "init":  # training waits on it now
                     priority.foreground(final=item.kind == "shutdown")
             dispatcher.handle(items)
-    except EOFError:
+    except (EOFError, OSError):  # OSError: the last message was cut short (the training process died)
         pass
     if not dispatcher.ended:
         logger.warning("the training process ended without stop_logging; closing its runs as KILLED")

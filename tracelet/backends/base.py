@@ -32,6 +32,7 @@ import difflib
 import importlib
 import os
 import sys
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Protocol
 
@@ -95,12 +96,12 @@ class RunGone(Exception):
     one warning, instead of retrying or having every later entry refused one by one."""
 
 
-def count_refused_artifact(store: str, event: Any, err: Exception, rejected: dict[str, int]) -> None:
+def count_refused_artifact(store: str, event: Any, err: Exception, rejected: Counter[str]) -> None:
     """Inside ``except``: an artifact the store refused is counted in ``rejected`` with one
     warning; a store that cannot be reached re-raises ``err`` (the worker retries, then gives up)."""
     if store_unreachable(err):
         raise err
-    rejected["artifact refused"] = rejected.get("artifact refused", 0) + 1
+    rejected["artifact refused"] += 1
     _log.warn_once(
         f"artifact-refused:{store}",
         "%s did not store the artifact %r (%s); metrics and the rest go on, the journal keeps the "

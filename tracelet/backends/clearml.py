@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections import Counter
 from typing import Any
 
 from tracelet import _log
@@ -132,7 +133,7 @@ class ClearMLBackend:
         self._task._update_script(script=script)
 
     def write(self, batch: list[Event]) -> dict[str, int]:
-        rejected: dict[str, int] = {}
+        rejected: Counter[str] = Counter()
         for index, event in enumerate(batch):
             try:
                 self._write_one(event, rejected)
@@ -140,11 +141,11 @@ class ClearMLBackend:
                 raise WriteInterrupted(index, rejected, err) from err
         return rejected
 
-    def _write_one(self, event: Event, rejected: dict[str, int]) -> None:
+    def _write_one(self, event: Event, rejected: Counter[str]) -> None:
         if isinstance(event, Metric):
             if not math.isfinite(event.value):
                 # ClearML would report NaN/inf as 0.0 (its server cannot store them): a lie
-                rejected["non-finite value"] = rejected.get("non-finite value", 0) + 1
+                rejected["non-finite value"] += 1
                 _log.warn_once(
                     "clearml-nonfinite",
                     "ClearML cannot store NaN/inf (it would show 0): such points are dropped and "
@@ -172,9 +173,9 @@ class ClearMLBackend:
                 except Exception as err:  # the store's failure goes up, a refusal is counted
                     count_refused_artifact("ClearML", event, err, rejected)
             else:
-                rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
+                rejected["artifact missing"] += 1
         elif not isinstance(event, RunEnd):
-            rejected["unknown event type"] = rejected.get("unknown event type", 0) + 1
+            rejected["unknown event type"] += 1
 
     def close(self, status: str) -> None:
         from clearml import Task

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections import Counter
 from typing import Any
 
 from tracelet import commands, journal
@@ -64,7 +65,7 @@ class JournalBackend:
 
     def write(self, batch: list[Event]) -> dict[str, int]:
         assert self._fd is not None
-        rejected: dict[str, int] = {}
+        rejected: Counter[str] = Counter()
         lines = []
         for event in batch:
             try:
@@ -72,7 +73,7 @@ class JournalBackend:
                 lines.append(journal.encode(event, copy))
             except (OSError, TypeError, ValueError) as err:
                 reason = f"not journaled: {type(err).__name__}"
-                rejected[reason] = rejected.get(reason, 0) + 1
+                rejected[reason] += 1
         self._append("".join(lines).encode("utf-8", "surrogatepass"))
         if time.monotonic() - self._synced >= SYNC_INTERVAL_S:
             self._sync()

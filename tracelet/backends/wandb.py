@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+from collections import Counter
 from typing import Any
 
 from tracelet import _log
@@ -77,7 +78,7 @@ class WandbBackend:
         return self._run.url
 
     def write(self, batch: list[Event]) -> dict[str, int]:
-        rejected: dict[str, int] = {}
+        rejected: Counter[str] = Counter()
         row: dict[str, Any] = {}
         row_key: tuple[int | None, float] | None = None
         done = 0  # events of the batch in logged rows: a retry starts after them
@@ -107,9 +108,9 @@ class WandbBackend:
                         count_refused_artifact("W&B", event, err, rejected)
                         saved = True
                     if not saved:
-                        rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
+                        rejected["artifact missing"] += 1
                 elif not isinstance(event, RunEnd):
-                    rejected["unknown event type"] = rejected.get("unknown event type", 0) + 1
+                    rejected["unknown event type"] += 1
                 done = index + 1
             self._log_row(row, row_key)
         except Exception as err:

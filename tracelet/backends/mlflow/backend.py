@@ -9,6 +9,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -127,7 +128,7 @@ class MLflowBackend:
             return found.experiment_id
 
     def write(self, batch: list[Event]) -> dict[str, int]:
-        committed: dict[str, int] = {}  # refusals among the events already stored
+        committed: Counter[str] = Counter()  # refusals among the events already stored
         pending = Pending()
         done = 0  # events of the batch stored for good: a retry starts after them
         try:
@@ -203,7 +204,7 @@ class MLflowBackend:
         self._last_point[key] = (timestamp, step, event.value)
         return timestamp
 
-    def _add_params(self, values: Mapping[str, Any], pending: Pending, committed: dict[str, int]) -> None:
+    def _add_params(self, values: Mapping[str, Any], pending: Pending, committed: Counter[str]) -> None:
         """Flattened, stringified params; MLflow params are write-once, so changes are refused here."""
         entries = [(self._param_keys(name), name, value) for name, value in flatten(values)]
         self._flush_if_no_room(pending, len(entries), committed)
@@ -227,18 +228,18 @@ class MLflowBackend:
             pending.new_params[key] = text
             pending.params.append((key, text))
 
-    def _flush_if_no_room(self, pending: Pending, entries: int, committed: dict[str, int]) -> None:
+    def _flush_if_no_room(self, pending: Pending, entries: int, committed: Counter[str]) -> None:
         """Params and tags that would overflow one ``log_batch`` go out after what is pending, so
         a call that fails part-way never holds metrics already stored (params and tags may be
         sent twice: MLflow takes an identical value again)."""
         if not pending.has_room(entries):
             self._flush(pending, committed)
 
-    def _flush(self, pending: Pending, committed: dict[str, int]) -> None:
+    def _flush(self, pending: Pending, committed: Counter[str]) -> None:
         self._send(pending.metrics, pending.params, pending.tags, pending.rejected)
         self._params_sent.update(pending.new_params)
         for reason, count in pending.rejected.items():
-            committed[reason] = committed.get(reason, 0) + count
+            committed[reason] += count
         pending.clear()
 
     def _send(
@@ -246,7 +247,7 @@ class MLflowBackend:
         metrics: list[Point],
         params: list[tuple[str, str]],
         tags: list[tuple[str, str]],
-        rejected: dict[str, int],
+        rejected: Counter[str],
     ) -> None:
         """Straight into the local store where it takes the batch, else ``log_batch`` within
         MLflow's limits; a refused batch is retried item by item."""
@@ -288,7 +289,7 @@ class MLflowBackend:
         points: list[Point],
         params: list[tuple[str, str]],
         tags: list[tuple[str, str]],
-        rejected: dict[str, int],
+        rejected: Counter[str],
     ) -> None:
         from mlflow.exceptions import MlflowException
 
@@ -302,7 +303,7 @@ class MLflowBackend:
                 self._raise_if_gone(err)
                 if not _is_refusal(err):
                     raise
-                rejected["refused by MLflow"] = rejected.get("refused by MLflow", 0) + 1
+                rejected["refused by MLflow"] += 1
                 key = (m or p or t)[0][0]
                 _log.warn_once(
                     f"mlflow-refused:{key}",
@@ -321,11 +322,11 @@ class MLflowBackend:
         ):
             raise RunGone(f"the MLflow run {self._run_id} no longer takes writes ({message[:200]})") from err
 
-    def _log_artifact(self, event: Artifact, rejected: dict[str, int]) -> None:
+    def _log_artifact(self, event: Artifact, rejected: Counter[str]) -> None:
         """Upload one artifact; a store that refuses it costs that artifact only (counted, warned
         once), a store that cannot be reached raises (the worker retries, then gives up)."""
         if not os.path.exists(event.path):
-            rejected["artifact missing"] = rejected.get("artifact missing", 0) + 1
+            rejected["artifact missing"] += 1
             _log.warn_once(
                 f"mlflow-artifact:{event.path}",
                 "artifact %r no longer exists; not uploaded",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ class Pending:
         self.params: list[Any] = []
         self.tags: list[Any] = []
         self.new_params: dict[str, str] = {}
-        self.rejected: dict[str, int] = {}
+        self.rejected: Counter[str] = Counter()
 
     def has_room(self, entries: int) -> bool:
         """Whether ``entries`` more params (or tags, or metrics) still fit one ``log_batch``."""
@@ -30,7 +31,7 @@ class Pending:
         )
 
     def reject(self, reason: str) -> None:
-        self.rejected[reason] = self.rejected.get(reason, 0) + 1
+        self.rejected[reason] += 1
 
 
 def chunks(metrics: list[Any], params: list[Any], tags: list[Any]) -> Iterator[tuple[list, list, list]]:
