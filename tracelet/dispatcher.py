@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tracelet import _log
+from tracelet import _log, journal
 from tracelet.backends import base
 from tracelet.events import Artifact, Event, Metrics, RunEnd
 from tracelet.wire import BackendStats, Control, Init, Ledger, Reply
 from tracelet.worker import BackendWorker
+
+if TYPE_CHECKING:
+    from tracelet.collectors.context import RunContext
 
 log = _log.get_logger(__name__)
 
@@ -29,7 +31,7 @@ class Dispatcher:
         self._reply = reply
         self._workers: list[BackendWorker] = []
         self._ended = False
-        self._scratch = ""
+        self._context: RunContext | None = None
         self._console: str | None = None
         self._backends = 0
         self._context_events = 0  # events added here (git, environment): the bus counts what it sent
@@ -91,15 +93,11 @@ class Dispatcher:
             log.warning("ignoring an unknown control request %r", control.kind)
 
     def _start(self, init: Init) -> None:
-        from tracelet.collectors import context
+        from tracelet.collectors.context import RunContext
 
-        self._scratch = tempfile.mkdtemp(prefix="tracelet-")
+        self._context = context = RunContext(init.run)
         self._console = init.run.console_path
-        try:
-            run, first_events = context.gather(init.run, self._scratch)
-        except Exception as err:  # context is a bonus; the run goes on without it
-            log.warning("could not gather git/environment context: %s: %s", type(err).__name__, err)
-            run, first_events = init.run, []
+        run, first_events = context.run, context.events
         self._context_events = len(first_events)
         self._backends = len(init.backends)
         if not init.backends:
@@ -111,7 +109,7 @@ class Dispatcher:
                 run,
                 init.capacity,
                 on_opened=self._on_opened,
-                journal=self._whole_journal,
+                journal=lambda: journal.whole_journal(w.snapshot() for w in self._workers),
             )
             self._workers.append(worker)
             worker.submit(first_events)
@@ -123,37 +121,6 @@ class Dispatcher:
             self._opened += 1
             if self._opened >= self._backends:
                 self.all_opened.set()
-
-    def _journal_stats(self) -> BackendStats | None:
-        for worker in self._workers:
-            stats = worker.snapshot()
-            if stats.location is not None and stats.location.backend == "journal":
-                return stats
-        return None
-
-    def _whole_journal(self) -> str | None:
-        """This run's journal directory, while the journal holds every event so far (replay advice)."""
-        stats = self._journal_stats()
-        if stats is None or stats.state not in ("open", "closed") or stats.dropped or stats.failed:
-            return None
-        return stats.location.uri if stats.location is not None else None
-
-    def _record_delivery(self) -> None:
-        """The journal learns what every backend received (``tracelet runs`` shows it)."""
-        journal_stats = self._journal_stats()
-        if journal_stats is None or journal_stats.location is None:
-            return
-        directory = journal_stats.location.uri
-        from tracelet import journal
-
-        delivery = {}
-        for name, stats in self.stats().items():
-            self._upstream.charge(stats)
-            delivery[name] = journal.delivery_entry(stats)
-        try:
-            journal.write_json(os.path.join(directory, journal.DELIVERY_FILE), delivery)
-        except OSError as err:
-            log.warning("could not record delivery in the journal: %s", err)
 
     def _answer_when(self, control: Control, kind: str, events: list[threading.Event]) -> None:
         """Reply once every event is set or the deadline passes, without blocking the stream."""
@@ -168,9 +135,9 @@ class Dispatcher:
             event.wait(max(0.0, control.deadline - time.time()))
         done = all(event.is_set() for event in events)
         if kind == "closed":
-            self._record_delivery()
-            if self._scratch and all(w.finished.is_set() for w in self._workers):
-                shutil.rmtree(self._scratch, ignore_errors=True)  # every backend has copied its artifacts
+            journal.record_delivery(self.stats(), self._upstream)
+            if self._context is not None and all(w.finished.is_set() for w in self._workers):
+                self._context.remove()  # every backend has copied its artifacts
         return Reply(kind, control.token, self.stats(), done)
 
     def stats(self) -> dict[str, BackendStats]:

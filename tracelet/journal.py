@@ -18,12 +18,13 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from tracelet import _log
+from tracelet import _log, commands
 from tracelet.events import Artifact, Event, Metric, Params, Tags
+from tracelet.wire import BackendStats, Ledger
 
 log = _log.get_logger(__name__)
 
@@ -160,7 +161,7 @@ def find(journal_dir: str | os.PathLike[str]) -> list[Journal]:
     return sorted(found, key=lambda j: j.run.get("started_at") or 0)
 
 
-def delivery_entry(stats: Any) -> dict[str, Any]:
+def delivery_entry(stats: BackendStats) -> dict[str, Any]:
     """What ``delivery.json`` keeps of a backend's ``BackendStats``, ``uri`` (the store the run
     went to: replay goes there by default) included."""
     return {
@@ -191,7 +192,45 @@ def delivery_summary(name: str, entry: dict[str, Any]) -> str:
     return f"{name} INCOMPLETE" + (f" ({', '.join(missing)})" if missing else f" ({entry.get('state')})")
 
 
-def record_end_without_writer(status: str, stats: dict[str, Any]) -> None:
+def whole_journal(stats: Iterable[BackendStats]) -> str | None:
+    """This run's journal directory, while the journal holds every event so far (so that
+    ``tracelet replay`` can send the run again)."""
+    entry = _journal_entry(stats)
+    if entry is None or entry.state not in ("open", "closed") or entry.dropped or entry.failed:
+        return None
+    return entry.location.uri if entry.location is not None else None
+
+
+def replay_advice(journal_dir: str | None, backend: str) -> str:
+    """The sentence a backend's failure warning ends with: how to send the run again."""
+    if journal_dir is None or backend == "journal":
+        return ""
+    command = f"{commands.script('tracelet')} replay {journal_dir} --backend {backend}"
+    return f". The journal keeps every event: {command}"
+
+
+def record_delivery(stats: Mapping[str, BackendStats], upstream: Ledger) -> None:
+    """At the run's end, ``delivery.json`` learns what every backend received (``tracelet runs``
+    shows it), the training side's own losses (``upstream``) charged to each."""
+    journal_entry = _journal_entry(stats.values())
+    if journal_entry is None or journal_entry.location is None:
+        return
+    directory = journal_entry.location.uri
+    delivery = {}
+    for name, entry in stats.items():
+        upstream.charge(entry)
+        delivery[name] = delivery_entry(entry)
+    try:
+        write_json(os.path.join(directory, DELIVERY_FILE), delivery)
+    except OSError as err:
+        log.warning("could not record delivery in the journal: %s", err)
+
+
+def _journal_entry(stats: Iterable[BackendStats]) -> BackendStats | None:
+    return next((s for s in stats if s.location is not None and s.location.backend == "journal"), None)
+
+
+def record_end_without_writer(status: str, stats: Mapping[str, BackendStats]) -> None:
     """The writer process died before the run ended: the training process records the run's real
     end in ``run.json`` and what each backend lacks in ``delivery.json`` (when the run has a
     journal: ``stats["journal"]`` knows where)."""
@@ -204,7 +243,7 @@ def record_end_without_writer(status: str, stats: dict[str, Any]) -> None:
         log.warning("could not record the run's end in its journal %s: %s", location.uri, err)
 
 
-def _record_end(directory: str, status: str, stats: dict[str, Any]) -> None:
+def _record_end(directory: str, status: str, stats: Mapping[str, BackendStats]) -> None:
     run_file = os.path.join(directory, RUN_FILE)
     with open(run_file, encoding="utf-8") as handle:
         meta = json.load(handle)

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from tracelet import _log, commands, failures
+from tracelet import _log, failures, journal
 from tracelet.backends.base import Backend, RunGone, RunInfo, WriteInterrupted
 from tracelet.events import Event, RunEnd
 from tracelet.wire import BackendStats
@@ -227,12 +227,7 @@ class BackendWorker:
             self.stats.pending = sum(len(i) for i in kept if not isinstance(i, _Marker))
 
     def _replay_advice(self) -> str:
-        """How to send this run again from the journal: only while the journal itself is whole."""
-        location = self._journal() if self._journal is not None and self.name != "journal" else None
-        if location is None:
-            return ""
-        command = f"{commands.script('tracelet')} replay {location} --backend {self.name}"
-        return f". The journal keeps every event: {command}"
+        return journal.replay_advice(self._journal() if self._journal is not None else None, self.name)
 
     def _announce_opened(self) -> None:
         if self._on_opened is not None:

@@ -5,10 +5,31 @@ first events of the run (tags, the uncommitted diff, the package list)."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 
+from tracelet import _log
 from tracelet.backends.base import RunInfo
 from tracelet.collectors import environment, git
 from tracelet.events import Artifact, Event, Tags
+
+log = _log.get_logger(__name__)
+
+
+class RunContext:
+    """A run with its context, and the scratch directory holding the context's files (the
+    diff, the package list) until every backend has copied them."""
+
+    def __init__(self, run: RunInfo) -> None:
+        self.scratch = tempfile.mkdtemp(prefix="tracelet-")
+        try:
+            self.run, self.events = gather(run, self.scratch)
+        except Exception as err:  # context is a bonus; the run goes on without it
+            log.warning("could not gather git/environment context: %s: %s", type(err).__name__, err)
+            self.run, self.events = run, []
+
+    def remove(self) -> None:
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def gather(run: RunInfo, scratch: str) -> tuple[RunInfo, list[Event]]:
