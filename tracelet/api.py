@@ -65,15 +65,17 @@ def start_logging(
             return _adopt(_active, arguments, config)
     settings = resolve(arguments, config)
     specs = backends.resolve(settings.backends, source_of("backend", arguments, config))
-    active = _active
-    if active is not None:
+    while True:  # the check and the start under one lock: two threads never both start a run
+        with _lock:
+            active = _active
+            if active is None:
+                return _begin(settings, specs).experiment
         log.warning(
             "start_logging: run %r is still active; it is ended now (its summary follows) and a "
             "new run starts. Call tracelet.stop_logging() first to end a run yourself.",
             active.experiment.name,
         )
-        stop_logging()
-    return _begin(settings, specs).experiment
+        stop_logging()  # outside the lock: it waits on the backends
 
 
 def start_for_program() -> Experiment:

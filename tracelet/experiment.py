@@ -128,7 +128,7 @@ class Experiment:
     def _end(self, timeout: float) -> RunReport:
         if self._report is not None:
             return self._report
-        status = self.sink.status = self.sink.final_status()
+        status = self.sink.final_status()
         if self._bus is None:
             self._report = RunReport(status, True, {})
             return self._report

@@ -133,9 +133,12 @@ class Sink:
             self._exit_code = code
 
     def final_status(self) -> str:
+        """The status the run ends with, kept from now on: FINISHED unless something said otherwise."""
         if self.status == RUNNING and self._exit_code is not None:
             self.mark_status(FAILED, SystemExit(self._exit_code))
-        return FINISHED if self.status == RUNNING else self.status
+        if self.status == RUNNING:
+            self.status = FINISHED
+        return self.status
 
     def lose(self, points: int, reason: str) -> None:
         """Count points a capture lost (it failed before they became events): every backend
