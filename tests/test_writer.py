@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import fake_backends
 import pytest
@@ -45,11 +46,11 @@ def test_the_writer_collects_no_garbage_while_backends_open_then_freezes_what_op
         from tracelet import writer
 
         opened = threading.Event()
-        writer._defer_garbage_collection(opened)
+        writer._once_opened(opened, writer._defer_garbage_collection())
         assert not gc.isenabled()
         made_while_opening = [[i] for i in range(1000)]
         opened.set()
-        next(t for t in threading.enumerate() if t.name == "tracelet-gc").join(10)
+        next(t for t in threading.enumerate() if t.name == "tracelet-opened").join(10)
         assert gc.isenabled()
         assert gc.get_freeze_count() >= len(made_while_opening), gc.get_freeze_count()
         """
@@ -126,3 +127,22 @@ def test_the_writers_session_yields_the_cpu_to_training_and_takes_its_share_whil
         "['0']",
         f"['{writer.BACKGROUND_GROUP_NICENESS}']",
     ]
+
+
+@pytest.mark.skipif(not _autogroups(), reason="this process is not in a session group (autogroup)")
+def test_a_service_that_a_backend_starts_in_a_session_of_its_own_gets_the_writers_priority():
+    import psutil
+
+    import tracelet
+    from tracelet import writer
+
+    experiment = tracelet.start_logging(exp_name="priority", backend="wandb")
+    pid = experiment._bus._transport.pid
+    assert experiment.flush(60)
+    services = [p for p in psutil.Process(pid).children(recursive=True) if os.getsid(p.pid) != os.getsid(pid)]
+    assert services, "W&B runs its service (wandb-core) in a session of its own"
+    deadline = time.monotonic() + 30  # the writer adopts them once every backend is open
+    while any(_group(s.pid)[1] != writer.BACKGROUND_GROUP_NICENESS for s in services):
+        assert time.monotonic() < deadline, [_group(s.pid) for s in services]
+        time.sleep(0.1)
+    tracelet.stop_logging()

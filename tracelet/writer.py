@@ -17,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from tracelet import _log
 from tracelet.dispatcher import Dispatcher
@@ -27,7 +28,7 @@ WRITER_NICENESS = 10  # the writer's threads, where tasks compete one by one (in
 BACKGROUND_GROUP_NICENESS = 19  # its session group while training runs (autogroup)
 ABANDON_GRACE_S = 30.0  # how long backends may take to close after the training process vanished
 STATS_INTERVAL_S = 1.0  # how stale the training process's view of delivery may be if this process dies
-GC_DEFERRED_MAX_S = 60.0  # the garbage collector is back on by then, even if a backend is still opening
+OPENED_WAIT_MAX_S = 60.0  # collection and priorities are settled by then, even if a backend still opens
 
 
 class _ReplyChannel:
@@ -76,7 +77,7 @@ def main(argv: list[str]) -> int:
             closed.set()
 
     dispatcher = Dispatcher(reply)
-    _defer_garbage_collection(dispatcher.all_opened)
+    _once_opened(dispatcher.all_opened, _defer_garbage_collection(), priority.adopt_sessions)
     _report_progress(dispatcher, channel, closed)
     events = connect(data_fd, readable=True)
     try:
@@ -117,22 +118,41 @@ class _Priority:
     def __init__(self) -> None:
         with contextlib.suppress(OSError):  # e.g. already at the limit
             os.nice(WRITER_NICENESS)
-        self._group = self.grouped_by_session()
+        self._groups = [self.AUTOGROUP] if self.grouped_by_session() else []
+        self._nice = 0
         self._ending = False
+        self._lock = threading.Lock()
         self.background()
 
     @classmethod
-    def grouped_by_session(cls) -> bool:
-        """Whether the kernel shares the CPU among this process's session group.
+    def grouped_by_session(cls, path: str = AUTOGROUP) -> bool:
+        """Whether the kernel shares the CPU among the session group of the process at ``path``.
 
         The file exists on every autogroup kernel but reads empty for a task in a cgroup of
         its own (CI runners, containers): there the group's nice value changes nothing.
         """
         try:
-            with open(cls.AUTOGROUP) as group:
+            with open(path) as group:
                 return group.read().startswith("/autogroup-")
         except OSError:
             return False
+
+    def adopt_sessions(self) -> None:
+        """Give the writer's priority to the processes its backends started in sessions of their
+        own (W&B's service): each would otherwise get a share as large as training's."""
+        if not self._groups:
+            return
+        import psutil
+
+        session = os.getsid(0)
+        with self._lock:
+            for child in psutil.Process().children(recursive=True):
+                path = f"/proc/{child.pid}/autogroup"
+                with contextlib.suppress(OSError):  # the child is gone
+                    if os.getsid(child.pid) == session or path in self._groups:
+                        continue
+                    if self.grouped_by_session(path) and self._write(path, self._nice):
+                        self._groups.append(path)
 
     def background(self) -> None:
         if not self._ending:
@@ -143,18 +163,25 @@ class _Priority:
         self._set_group_nice(0)
 
     def _set_group_nice(self, nice: int) -> None:
-        if not self._group:
-            return
+        with self._lock:
+            self._nice = nice
+            for path in list(self._groups):
+                if not self._write(path, nice):
+                    # not in the root cgroup, or not allowed: the threads' nice value holds
+                    self._groups = [] if path == self.AUTOGROUP else [g for g in self._groups if g != path]
+
+    @staticmethod
+    def _write(path: str, nice: int) -> bool:
         for _ in range(3):  # the kernel takes one change every 0.1 s from unprivileged processes
             try:
-                with open(self.AUTOGROUP, "w") as group:
+                with open(path, "w") as group:
                     group.write(str(nice))
-                return
+                return True
             except BlockingIOError:
                 time.sleep(0.1)
-            except OSError:  # not in the root cgroup, or not allowed: the threads' nice value holds
-                self._group = False
-                return
+            except OSError:
+                return False
+        return True  # busy each time: the next change tries again
 
 
 def _report_progress(dispatcher: Dispatcher, channel: _ReplyChannel, closed: threading.Event) -> None:
@@ -172,23 +199,34 @@ def _report_progress(dispatcher: Dispatcher, channel: _ReplyChannel, closed: thr
     threading.Thread(target=loop, name="tracelet-progress", daemon=True).start()
 
 
-def _defer_garbage_collection(opened: threading.Event) -> None:
+def _once_opened(opened: threading.Event, *actions: Callable[[], None]) -> None:
+    """Run ``actions`` once every backend is open (or after ``OPENED_WAIT_MAX_S``)."""
+
+    def run() -> None:
+        opened.wait(OPENED_WAIT_MAX_S)
+        for action in actions:
+            action()
+
+    threading.Thread(target=run, name="tracelet-opened", daemon=True).start()
+
+
+def _defer_garbage_collection() -> Callable[[], None]:
     """No collections while the backends open, then none that walk what opening them made.
 
     Opening MLflow imports it: ~500,000 objects, all kept for the life of the process; each
     full collection walks every one of them (~0.1 s here), both during the import and later
     while training runs, and on a 2-vCPU VM the writer's CPU is partly training's. So the
     collector is off until every backend is open, then what exists is frozen (``gc.freeze``:
-    never collected, never walked again) and collection resumes for what comes after.
+    never collected, never walked again) and collection resumes for what comes after: the
+    function returned does that.
     """
     gc.disable()
 
     def resume() -> None:
-        opened.wait(GC_DEFERRED_MAX_S)
         gc.freeze()
         gc.enable()
 
-    threading.Thread(target=resume, name="tracelet-gc", daemon=True).start()
+    return resume
 
 
 if __name__ == "__main__":
