@@ -47,6 +47,7 @@ def test_overhead_benchmark_runs_in_smoke_mode():
         ("bench_ddp.py", ["--rounds", "1", "--epochs", "1"], "with tracelet"),
         ("bench_writer.py", ["--steps", "400", "--repeats", "1"], "journal+mlflow"),
         ("bench_wire.py", ["--frames", "100", "--rounds", "1"], "ratio connection / hand-written"),
+        ("bench_journal_line.py", ["--points", "2000", "--rounds", "1"], "ratio json.dumps / tracelet"),
         ("bench_writer.py", ["--steps", "100", "--repeats", "1", "--sets", "wandb", "clearml"], "clearml"),
         ("bench_hf.py", ["--steps", "20", "--rounds", "1"], "dropped or failed in all runs: 0"),
     ],

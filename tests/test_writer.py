@@ -38,6 +38,45 @@ def test_all_opened_waits_for_every_backend_to_open_or_give_up(tmp_path, monkeyp
     assert gated.finished.wait(10) and gated.stats.state == "closed"
 
 
+def test_one_thread_answers_flushes_and_the_shutdown_in_the_order_they_came(tmp_path, monkeypatch):
+    import threading
+
+    from tracelet.events import Metric
+
+    monkeypatch.chdir(tmp_path)
+    fake_backends.OPEN_GATE.clear()
+    replies = []
+    answered = threading.Event()
+
+    def reply(message):
+        if message.kind != "opened":
+            replies.append((message.kind, message.token, message.done))
+        if message.kind == "closed":
+            answered.set()
+
+    dispatcher = Dispatcher(reply)
+    spec = BackendSpec("gated", "fake_backends:GatedOpen")
+    deadline = time.time() + 60
+    dispatcher.handle([Control("init", 0, 0.0, Init(sample_run(), [spec], 100))])
+    try:
+        for token in range(1, 6):  # none can be answered while the backend is still opening
+            dispatcher.handle(
+                [Metric("loss", float(token), token, time.time()), Control("flush", token, deadline)]
+            )
+        dispatcher.handle([RunEnd("FINISHED"), Control("shutdown", 6, deadline)])
+        answering = [
+            t for t in threading.enumerate() if t.name.startswith("tracelet-") and "answer" in t.name
+        ]
+        assert len(answering) == 1, answering
+        assert replies == []
+    finally:
+        fake_backends.OPEN_GATE.set()
+    assert answered.wait(30)
+    assert replies == [("flushed", token, True) for token in range(1, 6)] + [("closed", 6, True)]
+    answering[0].join(10)
+    assert not answering[0].is_alive(), "the thread ends with the shutdown's answer"
+
+
 def test_the_writer_collects_no_garbage_while_backends_open_then_freezes_what_opening_made():
     # in a fresh interpreter: the test process's own collector stays as it is
     code = textwrap.dedent(

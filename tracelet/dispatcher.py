@@ -8,6 +8,7 @@ and on a thread of the training process (``writer="thread"``).
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import threading
 import time
@@ -39,6 +40,7 @@ class Dispatcher:
         self._opened = 0
         self._opened_lock = threading.Lock()
         self.all_opened = threading.Event()  # every backend is open (or gave up opening)
+        self._requests: queue.SimpleQueue | None = None  # flushes and the shutdown, waiting for an answer
 
     def handle(self, items: Sequence[Any]) -> None:
         """Route a chunk of the stream: runs of events to every worker, controls in order."""
@@ -123,12 +125,23 @@ class Dispatcher:
                 self.all_opened.set()
 
     def _answer_when(self, control: Control, kind: str, events: list[threading.Event]) -> None:
-        """Reply once every event is set or the deadline passes, without blocking the stream."""
+        """Reply once every event is set or the deadline passes, without blocking the stream.
 
-        def wait_and_reply() -> None:
+        One thread answers the requests, in the order they came, until the shutdown's reply.
+        """
+        if self._requests is None:
+            self._requests = queue.SimpleQueue()
+            threading.Thread(
+                target=self._answer, args=(self._requests,), name="tracelet-answers", daemon=True
+            ).start()
+        self._requests.put((control, kind, events))
+
+    def _answer(self, requests: queue.SimpleQueue) -> None:
+        while True:
+            control, kind, events = requests.get()
             self._reply(self._wait(control, kind, events))
-
-        threading.Thread(target=wait_and_reply, name=f"tracelet-{kind}", daemon=True).start()
+            if kind == "closed":
+                return
 
     def _wait(self, control: Control, kind: str, events: list[threading.Event]) -> Reply:
         for event in events:

@@ -63,8 +63,10 @@ _SPECIAL_FLOATS = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}  # as j
 
 
 def _metric_line(event: Metric) -> str | None:
-    """The line ``json.dumps`` writes for a metric, character for character, at a quarter of its
-    cost (the journal's largest per-event cost); None for anything but str/float/int-or-None."""
+    """The line ``json.dumps`` writes for a metric, character for character; None for anything
+    but str/float/int-or-None. Kept beside the library because the writer's CPU is partly
+    training's on a busy machine: ``python benchmarks/bench_journal_line.py`` gives 2.8 us per
+    line here against 5.7 us for a reused ``json.JSONEncoder`` and 7.0 us for ``json.dumps``."""
     name, value, step, timestamp = event
     if (
         type(name) is not str
