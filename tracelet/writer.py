@@ -110,7 +110,8 @@ class _Priority:
     training session's: a core of its own beside training and its data loaders. The nice
     value of the writer's session group takes that share back; unlike a thread's nice value it
     can be raised again without privileges, so while training waits on a flush or a shutdown
-    the writer runs at its full share.
+    the writer runs at its full share. Services a backend starts in sessions of their own
+    (W&B's ``wandb-core``) get the same group nice value once every backend is open.
     """
 
     AUTOGROUP = "/proc/self/autogroup"
