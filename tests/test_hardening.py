@@ -126,6 +126,36 @@ def test_forked_dataloader_workers_neither_deadlock_nor_duplicate(tmp_path):
     assert_same_series(series, csv_series(tmp_path / "csv" / "job" / "version_0" / "metrics.csv"))
 
 
+def test_a_forked_child_lets_go_of_the_pipe_and_its_bus_closes_none_of_the_childs_files(tmp_path):
+    import os
+
+    exp = tracelet.start_logging(backend="fake_backends:Recording")
+    connections = [exp._bus._transport._events, exp._bus._transport._replies]
+    pid = os.fork()
+    if pid == 0:  # the child: it reports through its exit status only
+        status = 0
+        try:
+            ends = {c.fileno() for c in connections}
+            if any(os.readlink(f"/proc/self/fd/{fd}") != "/dev/null" for fd in ends):
+                status = 1  # it still holds the writer's pipe
+            mine = []  # files the child opens, enough to take any number that is free
+            while len(mine) < 64 and not ends & {f.fileno() for f in mine}:
+                mine.append(open(tmp_path / f"child{len(mine)}", "w"))  # noqa: SIM115
+            for connection in connections:  # what collecting the bus does
+                connection.close()
+            for handle in mine:
+                handle.write("still open")
+                handle.flush()
+        except Exception:
+            status = 2  # a file of its own was closed under it
+        os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    exp.log_metric("after", 1.0, iteration=0)
+    report = tracelet.stop_logging()
+    assert report.done and report.backends["Recording"].dropped == 0
+
+
 def test_the_stop_summary_reports_tracelets_own_cost(monkeypatch):
     monkeypatch.setenv("TRACELET_SELF_TELEMETRY", "1")
     exp = tracelet.start_logging(project="telemetry")

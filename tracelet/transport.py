@@ -96,10 +96,20 @@ class ProcessTransport:
             return None
 
     def after_fork_in_child(self) -> None:
-        """A forked child (e.g. a DataLoader worker) must not hold the writer's pipe open."""
-        for end in (self._events, self._replies):
-            with contextlib.suppress(OSError):
-                os.close(end.fileno())
+        """A forked child (e.g. a DataLoader worker) must not hold the writer's pipe open.
+
+        Its copies of the pipe's ends become ``/dev/null`` under the same numbers rather than
+        being closed: the ``Connection`` objects still own those numbers and close them when
+        collected, which must not close a file the child opened since.
+        """
+        with contextlib.suppress(OSError):
+            placeholder = os.open(os.devnull, os.O_RDWR)
+            try:
+                for end in (self._events, self._replies):
+                    with contextlib.suppress(OSError):
+                        os.dup2(placeholder, end.fileno(), inheritable=False)
+            finally:
+                os.close(placeholder)
 
     def _read_replies(self) -> None:
         try:
