@@ -125,8 +125,8 @@ class _Priority:
         self._lock = threading.Lock()
         self.background()
 
-    @classmethod
-    def grouped_by_session(cls, path: str = AUTOGROUP) -> bool:
+    @staticmethod
+    def grouped_by_session(path: str = AUTOGROUP) -> bool:
         """Whether the kernel shares the CPU among the session group of the process at ``path``.
 
         The file exists on every autogroup kernel but reads empty for a task in a cgroup of
