@@ -73,6 +73,9 @@ class TeamServer:
             *("--serve-artifacts", "--artifacts-destination", str(self.artifacts)),
         ]
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "TRACELET_"))}
+        # a tracking server: MLflow's job runner (GenAI jobs, eight Huey consumer processes of
+        # ~6 s of CPU each at start) serves nothing tracelet sends
+        environment["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         self._process = subprocess.Popen(
             command,
             stdout=self._log,

@@ -39,10 +39,6 @@ SCRIPT = textwrap.dedent("""
     if trainer.is_global_zero:
         print(f"FIT_SECONDS={{time.perf_counter() - started:.3f}}")
         print("LOG_DIR=" + os.path.abspath(trainer.logger.log_dir))
-    if "--exit" in sys.argv:
-        sys.exit(int(sys.argv[sys.argv.index("--exit") + 1]))
-    if "--crash" in sys.argv:
-        raise RuntimeError("crash in the user's script")
 """)
 
 
@@ -91,12 +87,28 @@ def test_ddp_with_two_processes_under_tracelet_run_is_one_run(tmp_path):
     assert len(journal.find(tmp_path / "tracelet-runs")) == 1
 
 
+# How the program ends, not what it trains, is what `tracelet run` must pass on: no Lightning here
+# (each Lightning process costs ~10 s of CPU to import it).
+ENDING = textwrap.dedent("""
+    import sys
+    print("hello")
+    if "--exit" in sys.argv:
+        sys.exit(int(sys.argv[sys.argv.index("--exit") + 1]))
+    if "--crash" in sys.argv:
+        raise RuntimeError("crash in the user's script")
+""")
+
+
 @pytest.mark.parametrize(("args", "code"), [(["--exit", "3"], 3), (["--crash"], 1), (["--exit", "0"], 0)])
 def test_the_program_exit_code_is_ours_and_a_failure_marks_the_run_failed(tmp_path, args, code):
-    out = _tracelet(tmp_path, "run", "--", sys.executable, "train.py", *args)
+    (tmp_path / "end.py").write_text(ENDING)
+    out = _tracelet(tmp_path, "run", "--", sys.executable, "end.py", *args)
     assert out.returncode == code, out.stderr[-3000:]
+    assert out.stdout.splitlines() == ["hello"]
     (run,) = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == ("FINISHED" if code == 0 else "FAILED")
+    if code == 1:
+        assert "crash in the user's script" in run.data.tags["tracelet.failure"]
 
 
 @pytest.mark.fresh_store  # checks what is (not) created in the working directory
@@ -117,7 +129,7 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
-def test_a_tracking_server_that_is_down_costs_nothing_and_the_journal_replays_the_run(tmp_path):
+def test_a_tracking_server_that_is_down_costs_nothing_and_the_journal_replays_the_run(tmp_path, store_at):
     (tmp_path / "plain").mkdir()
     (tmp_path / "down").mkdir()
     (tmp_path / "plain" / "train.py").write_text(SCRIPT.format(tests=TESTS))
@@ -146,7 +158,7 @@ def test_a_tracking_server_that_is_down_costs_nothing_and_the_journal_replays_th
 
     (record,) = journal.find(tmp_path / "down" / "tracelet-runs")
     assert record.delivery["mlflow"]["state"] == "failed"
-    target = f"sqlite:///{tmp_path / 'replayed.db'}"
+    target = store_at(tmp_path / "replayed.db")
     stats = replay(record.path, ["mlflow"], backend_url=target)
     assert stats["mlflow"].failed == stats["mlflow"].dropped == 0
     (run,) = _runs(target)

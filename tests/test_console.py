@@ -48,9 +48,9 @@ def _without_tracelet_lines(stderr: bytes) -> bytes:
     return b"\n".join(line for line in stderr.split(b"\n") if not line.startswith(b"[tracelet]"))
 
 
-def test_progress_bar_collapses_to_a_few_lines_and_the_terminal_bytes_are_unchanged(tmp_path):
-    (tmp_path / "on").mkdir()
-    (tmp_path / "off").mkdir()
+def test_progress_bar_collapses_to_a_few_lines_and_the_terminal_bytes_are_unchanged(tmp_path, store_at):
+    store_at(tmp_path / "on" / "mlflow.db")
+    store_at(tmp_path / "off" / "mlflow.db")
     captured = _run(tmp_path / "on", "1")
     plain = _run(tmp_path / "off", "0")
     assert captured.returncode == plain.returncode == 0, captured.stderr[-2000:]

@@ -70,7 +70,8 @@ def test_a_clean_repository(repo):
     assert info.dirty is False and info.diff == "" and info.remote == "https://example.com/org/repo.git"
 
 
-def test_a_dirty_repository_records_the_diff_in_every_backend(repo):
+def test_a_dirty_repository_records_the_diff_in_every_backend(repo, store_at):
+    store_at(repo / "mlflow.db")  # untracked: not part of the diff
     (repo / "train.py").write_text("print('v2')\n")
     report = tracelet.start_logging(backend=["mlflow", "wandb", "clearml"])
     report = tracelet.stop_logging()
@@ -86,7 +87,8 @@ def test_a_dirty_repository_records_the_diff_in_every_backend(repo):
     assert task["script"]["branch"] == "main" and "+print('v2')" in task["script"]["diff"]
 
 
-def test_a_detached_head_and_a_repository_without_commits(repo, tmp_path):
+def test_a_detached_head_and_a_repository_without_commits(repo, tmp_path, store_at):
+    store_at(repo / "mlflow.db")
     git(repo, "checkout", "-q", git(repo, "rev-parse", "HEAD"))
     assert collect(str(repo)).branch is None
     report = tracelet.start_logging()
@@ -101,9 +103,9 @@ def test_a_detached_head_and_a_repository_without_commits(repo, tmp_path):
     assert info.commit is None and info.branch is not None and info.diff == ""
 
 
-def test_not_a_repository_records_no_git_and_does_not_fail(tmp_path, monkeypatch):
+def test_not_a_repository_records_no_git_and_does_not_fail(tmp_path, monkeypatch, store_at):
     outside = tmp_path / "plain"
-    outside.mkdir()
+    store_at(outside / "mlflow.db")
     monkeypatch.chdir(outside)
     monkeypatch.setenv("TRACELET_TRACK_GIT", "1")
     assert collect(str(outside)) is None
@@ -156,7 +158,8 @@ def test_command_line_secrets_and_secret_params_are_redacted():
     }
 
 
-def test_no_planted_secret_reaches_any_stored_byte(repo, tmp_path):
+def test_no_planted_secret_reaches_any_stored_byte(repo, tmp_path, store_at):
+    store_at(repo / "mlflow.db")
     script = repo / "job.py"
     script.write_text(
         textwrap.dedent(f"""

@@ -269,7 +269,7 @@ def _plant(directory, marker) -> None:
 
 
 @pytest.mark.parametrize("script_in_cwd", [True, False])
-def test_code_lying_in_the_working_home_or_script_directory_is_never_run(tmp_path, script_in_cwd):
+def test_code_lying_in_the_working_home_or_script_directory_is_never_run(tmp_path, script_in_cwd, store_at):
     import json
     import subprocess
 
@@ -278,6 +278,7 @@ def test_code_lying_in_the_working_home_or_script_directory_is_never_run(tmp_pat
     marker = tmp_path / "planted-code-ran"
     for directory in {work, home, scripts}:
         _plant(directory, marker)
+    store_at(work / "mlflow.db")
     script = scripts / "train.py"
     script.write_text(
         "import json, tracelet\n"

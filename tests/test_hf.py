@@ -66,12 +66,12 @@ def _trainer_part(series: dict) -> dict:
     return {k: v for k, v in series.items() if not k.startswith(TRACELET_ONLY)}
 
 
-def test_trainer_under_tracelet_run_records_what_its_own_mlflow_callback_records(tmp_path):
+def test_trainer_under_tracelet_run_records_what_its_own_mlflow_callback_records(tmp_path, store_at):
     """The example, unchanged, under ``tracelet run`` with the Trainer's MLflowCallback and
     TensorBoardCallback on: tracelet's MLflow run, W&B offline run and journal hold, key by key
     and step by step, what MLflowCallback stored; TensorBoard's copies are not captured again."""
     assert "tracelet" not in EXAMPLE.read_text().split('"""', 2)[2]
-    oracle, tracked = f"sqlite:///{tmp_path / 'oracle.db'}", f"sqlite:///{tmp_path / 'tracelet.db'}"
+    oracle, tracked = store_at(tmp_path / "oracle.db"), store_at(tmp_path / "tracelet.db")
     command = [sys.executable, "-m", "tracelet", "run", "--backend", "mlflow,wandb", "--backend-url", tracked]
     _run(
         tmp_path,
@@ -80,9 +80,9 @@ def test_trainer_under_tracelet_run_records_what_its_own_mlflow_callback_records
         sys.executable,
         str(EXAMPLE),
         "--max-steps",
-        "120",
+        "60",
         "--eval-steps",
-        "40",
+        "20",
         "--report-to",
         "mlflow",
         "tensorboard",
@@ -97,13 +97,9 @@ def test_trainer_under_tracelet_run_records_what_its_own_mlflow_callback_records
     )
     expected = _merged_series(oracle)
     assert {"loss", "grad_norm", "learning_rate", "epoch", "eval_loss", "train_runtime"} <= set(expected)
-    assert [step for step, _ in expected["loss"]] == list(range(1, 121))
-    assert [step for step, _ in expected["eval_loss"]] == [
-        40,
-        80,
-        120,
-        120,
-    ]  # the last: evaluate() after train()
+    assert [step for step, _ in expected["loss"]] == list(range(1, 61))
+    # the last: evaluate() after train()
+    assert [step for step, _ in expected["eval_loss"]] == [20, 40, 60, 60]
 
     run = _only_run(tracked)
     assert run.info.status == "FINISHED" and run.data.tags["mlflow.runName"].startswith("hf_trainer-")
@@ -115,14 +111,14 @@ def test_trainer_under_tracelet_run_records_what_its_own_mlflow_callback_records
     assert_same_series(_trainer_part(_journal_series(tmp_path)), expected)
 
     params = run.data.params
-    assert params["learning_rate"] == "0.001" and params["max_steps"] == "120"  # TrainingArguments
+    assert params["learning_rate"] == "0.001" and params["max_steps"] == "60"  # TrainingArguments
     assert params["hidden_size"] == "32" and params["num_hidden_layers"] == "2"  # the model's config
     assert params["metric_for_best_model"] == "eval_loss"
     tags = run.data.tags
     best = [value for _, value in expected["eval_loss"][:3]]
-    assert tags["checkpoint.best_path"] == f"out/checkpoint-{40 * (1 + best.index(min(best)))}"
-    assert tags["checkpoint.monitor"] == "eval_loss" and tags["checkpoint.last_path"] == "out/checkpoint-120"
-    assert stored["checkpoint/best_score"] == [(120, min(best))]
+    assert tags["checkpoint.best_path"] == f"out/checkpoint-{20 * (1 + best.index(min(best)))}"
+    assert tags["checkpoint.monitor"] == "eval_loss" and tags["checkpoint.last_path"] == "out/checkpoint-60"
+    assert stored["checkpoint/best_score"] == [(60, min(best))]
 
 
 def test_a_trainer_that_raises_marks_the_run_failed_and_loses_its_callback_at_stop(tmp_path, monkeypatch):

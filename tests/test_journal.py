@@ -70,10 +70,10 @@ def test_the_journal_holds_every_event_and_what_each_backend_received():
     assert record.delivery["mlflow"]["run_id"] == exp.locations["mlflow"].run_id
 
 
-def test_replay_makes_a_fresh_run_with_the_original_steps_values_and_timestamps(tmp_path):
+def test_replay_makes_a_fresh_run_with_the_original_steps_values_and_timestamps(tmp_path, store_at):
     exp, _ = _log_a_run()
     original_uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    target = f"sqlite:///{tmp_path / 'replayed.db'}"
+    target = store_at(tmp_path / "replayed.db")
     record = _only_journal()
     stats = replay(record.path, ["mlflow"], backend_url=target)
     assert stats["mlflow"].state == "closed" and stats["mlflow"].failed == 0
@@ -108,14 +108,14 @@ def test_replay_into_wandb_offline_keeps_the_trainer_steps(tmp_path):
     assert run["config"]["lr"] == 0.1
 
 
-def test_a_torn_last_record_is_skipped_and_the_rest_replays(tmp_path):
+def test_a_torn_last_record_is_skipped_and_the_rest_replays(tmp_path, store_at):
     _log_a_run(points=20)
     record = _only_journal()
     with open(os.path.join(record.path, journal.EVENTS_FILE), "a", encoding="utf-8") as handle:
         handle.write('["m","train/loss",0.5,9')  # a write cut short by a crash
     events = list(journal.events(record))
     assert sum(1 for e in events if isinstance(e, Metric) and e.name == "train/loss") == 20
-    target = f"sqlite:///{tmp_path / 'replayed.db'}"
+    target = store_at(tmp_path / "replayed.db")
     progress = io.StringIO()
     stats = replay(record.path, ["mlflow"], backend_url=target, progress=progress)
     assert stats["mlflow"].failed == stats["mlflow"].dropped == 0
@@ -165,10 +165,10 @@ def test_tracelet_runs_columns_line_up_with_wide_and_combining_names(capsys):
     assert len(status_column) == 1  # every row's status starts in the same terminal column
 
 
-def test_replay_cli_reports_and_rejects_what_is_not_a_journal(tmp_path, capsys):
+def test_replay_cli_reports_and_rejects_what_is_not_a_journal(tmp_path, store_at, capsys):
     _log_a_run(points=10)
     record = _only_journal()
-    target = f"sqlite:///{tmp_path / 'cli.db'}"
+    target = store_at(tmp_path / "cli.db")
     assert cli(["replay", record.path, "--backend", "mlflow", "--backend-url", target]) == 0
     assert "mlflow: " in capsys.readouterr().out
     assert cli(["replay", str(tmp_path), "--backend", "mlflow"]) == 1
@@ -200,7 +200,7 @@ KILLED_FIT = textwrap.dedent("""
 """)
 
 
-def test_kill_9_mid_fit_leaves_a_journal_with_every_event_up_to_a_second_before(tmp_path):
+def test_kill_9_mid_fit_leaves_a_journal_with_every_event_up_to_a_second_before(tmp_path, store_at):
     (tmp_path / "job.py").write_text(KILLED_FIT.format(tests=str(Path(__file__).parent)))
     out = subprocess.run([sys.executable, "job.py"], cwd=tmp_path, capture_output=True, timeout=300)
     assert out.returncode == -9, out.stderr[-3000:]
@@ -214,7 +214,7 @@ def test_kill_9_mid_fit_leaves_a_journal_with_every_event_up_to_a_second_before(
     # the kill came in the hook of the 12th batch, before Lightning logged that batch (step 11)
     assert [m.step for m in losses] == list(range(11))
     assert all(m.timestamp < killed_at - 1.0 for m in losses)
-    target = f"sqlite:///{tmp_path / 'replayed.db'}"
+    target = store_at(tmp_path / "replayed.db")
     stats = replay(record.path, ["mlflow"], backend_url=target)
     assert stats["mlflow"].failed == stats["mlflow"].dropped == 0
     _, (run,) = _mlflow_run(target)

@@ -38,17 +38,18 @@ def test_default_store_is_sqlite_in_the_working_directory_with_project_and_run_n
     assert mlflow_series(run_id) == {"loss": [(3, 0.5)]}
 
 
-def test_backend_url_beats_mlflow_tracking_uri(tmp_path, monkeypatch):
+def test_backend_url_beats_mlflow_tracking_uri(tmp_path, monkeypatch, store_at):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'env.db'}")
-    exp = tracelet.start_logging(backend_url=f"sqlite:///{tmp_path / 'arg.db'}")
+    uri = store_at(tmp_path / "arg.db")
+    exp = tracelet.start_logging(backend_url=uri)
     exp.log_metric("x", 1.0)
     run_id = _finish(exp)
-    assert mlflow_series(run_id, f"sqlite:///{tmp_path / 'arg.db'}") == {"x": [(0, 1.0)]}
+    assert mlflow_series(run_id, uri) == {"x": [(0, 1.0)]}
     assert not (tmp_path / "env.db").exists()
 
 
-def test_mlflow_tracking_uri_is_honoured(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'env.db'}"
+def test_mlflow_tracking_uri_is_honoured(tmp_path, monkeypatch, store_at):
+    uri = store_at(tmp_path / "env.db")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     exp = tracelet.start_logging()
     exp.log_metric("x", 2.0, iteration=1)
