@@ -1,6 +1,7 @@
 """The README's first commands, run as a newcomer runs them: in a fresh shell with no virtual
 environment activated, exactly as printed — ``make demo``, then the command the demo prints to
-view its run, serving it at the address the demo names; the README's view command is that one."""
+view its run, serving it at the address the demo names; the README's view command is that one.
+``make demo`` runs examples/quickstart.py: this is that example's test."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from helpers import mlflow_run, mlflow_series
 
 ROOT = Path(__file__).resolve().parent.parent
 UI_PORT = 5000  # the port `mlflow ui` serves on unless told otherwise: the printed commands rely on it
@@ -81,15 +83,28 @@ def _serves_run(command: str, cwd: Path, url: str, run_id: str) -> None:
 
 @pytest.mark.fresh_store  # the demo makes its own store, as in a fresh checkout
 def test_the_readme_commands_work_as_printed_in_a_fresh_shell(tmp_path):
-    with socket.socket() as probe:
-        if probe.connect_ex(("127.0.0.1", UI_PORT)) == 0:
-            pytest.skip(f"port {UI_PORT} is taken here; the printed commands need it")
     checkout = _checkout(tmp_path)
     demo = _fresh_shell(
         _readme_command("make demo"), checkout, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     stdout, stderr = demo.communicate(timeout=600)
     assert demo.returncode == 0, stderr[-3000:]
+
+    # the demo is examples/quickstart.py (one epoch here): its run, as the example describes it
+    store = f"sqlite:///{checkout / 'mlflow.db'}"
+    run_id = stdout.split("is in MLflow as run ")[1].split()[0]
+    run = mlflow_run(run_id, store)
+    assert run.info.status == "FINISHED" and run.info.run_name == "quickstart"
+    tracelets = ("trainer/", "model/", "optimizer/")  # tracelet's own, beside the module's hyperparameters
+    hparams = {k: v for k, v in run.data.params.items() if not k.startswith(tracelets)}
+    assert hparams == {"lr": "0.05", "hidden": "16"}
+    series = mlflow_series(run_id, store)
+    assert {"train/loss_step", "train/loss_epoch", "val/loss", "epoch"} <= set(series)
+    assert [step for step, _ in series["train/loss_step"]] == [4, 9, 14, 19, 24]
+
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", UI_PORT)) == 0:
+            pytest.skip(f"port {UI_PORT} is taken here; the printed commands need it")
 
     # the demo's last lines: the command that shows the run, then the page to open
     lines = stdout.rstrip().splitlines()
