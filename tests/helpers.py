@@ -110,15 +110,14 @@ def csv_series(metrics_csv: Path) -> Series:
     return {k: sorted(v) for k, v in series.items()}
 
 
-def mlflow_series(run_id: str, uri: str | None = None) -> Series:
+def mlflow_series(run_id: str, uri: str | None = None, keys: list[str] | None = None) -> Series:
+    """Each metric's history as (step, value) pairs: every key of the run, or ``keys``."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri or f"sqlite:///{Path('mlflow.db').resolve()}")
-    run = client.get_run(run_id)
-    return {
-        key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
-        for key in run.data.metrics
-    }
+    if keys is None:
+        keys = list(client.get_run(run_id).data.metrics)
+    return {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in keys}
 
 
 def mlflow_run(run_id: str, uri: str | None = None):
