@@ -26,9 +26,9 @@ def git(repo: Path, *args: str) -> str:
 
 
 @pytest.fixture
-def repo(tmp_path, monkeypatch) -> Path:
+def repo(tmp_path, monkeypatch, store_at) -> Path:
     path = tmp_path / "repo"
-    path.mkdir()
+    store_at(path / "mlflow.db")  # the runs' store, untracked: in no diff, and not "dirty"
     git(path, "init", "-q", "-b", "main")
     git(path, "config", "user.email", "dev@example.com")
     git(path, "config", "user.name", "Dev")
@@ -70,8 +70,7 @@ def test_a_clean_repository(repo):
     assert info.dirty is False and info.diff == "" and info.remote == "https://example.com/org/repo.git"
 
 
-def test_a_dirty_repository_records_the_diff_in_every_backend(repo, store_at):
-    store_at(repo / "mlflow.db")  # untracked: not part of the diff
+def test_a_dirty_repository_records_the_diff_in_every_backend(repo):
     (repo / "train.py").write_text("print('v2')\n")
     report = tracelet.start_logging(backend=["mlflow", "wandb", "clearml"])
     report = tracelet.stop_logging()
@@ -87,8 +86,7 @@ def test_a_dirty_repository_records_the_diff_in_every_backend(repo, store_at):
     assert task["script"]["branch"] == "main" and "+print('v2')" in task["script"]["diff"]
 
 
-def test_a_detached_head_and_a_repository_without_commits(repo, tmp_path, store_at):
-    store_at(repo / "mlflow.db")
+def test_a_detached_head_and_a_repository_without_commits(repo, tmp_path):
     git(repo, "checkout", "-q", git(repo, "rev-parse", "HEAD"))
     assert collect(str(repo)).branch is None
     report = tracelet.start_logging()
@@ -158,8 +156,7 @@ def test_command_line_secrets_and_secret_params_are_redacted():
     }
 
 
-def test_no_planted_secret_reaches_any_stored_byte(repo, tmp_path, store_at):
-    store_at(repo / "mlflow.db")
+def test_no_planted_secret_reaches_any_stored_byte(repo, tmp_path):
     script = repo / "job.py"
     script.write_text(
         textwrap.dedent(f"""
