@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.metadata
+import sys
 import time
 from pathlib import Path
 
@@ -244,3 +245,36 @@ def test_a_run_started_without_names_has_one_name_and_project_everywhere(tmp_pat
     assert cli.main(["runs"]) == 0
     (row,) = capsys.readouterr().out.splitlines()[1:]
     assert row.split()[2:4] == [name, project]
+
+
+def test_clearml_holds_every_point_at_close_after_this_process_recorded_a_failed_exit(monkeypatch):
+    """ClearML hooks ``sys.exit`` and ``sys.excepthook`` for the whole process: once anything in
+    it exits non-zero or raises uncaught (a crashed training with writer="thread", a CLI called
+    in-process), every later ``Task.close()`` skips waiting for its reporter. Its
+    ``Logger.flush(wait=True)`` can also return while its report thread still holds a batch (it
+    says "empty" after finishing the batch it was writing). Together: points reported before
+    close reach the store minutes later, or never, after the run said complete."""
+    from clearml.backend_interface.metrics.interface import Metrics
+
+    from tracelet.backends.clearml import ClearMLBackend
+    from tracelet.events import Metric
+    from tracelet.testing import sample_run
+
+    real_write, writes = Metrics._do_write_events, []
+
+    def slow_store(self, events, *args, **kwargs):  # a slow disk or server
+        writes.append(len(events))
+        time.sleep(1.0 if len(writes) == 1 else 3.0)
+        return real_write(self, events, *args, **kwargs)
+
+    monkeypatch.setattr(Metrics, "_do_write_events", slow_store)
+    backend = ClearMLBackend()
+    location = backend.open(sample_run())
+    hook = sys.exit.__self__  # ClearML's exit hook, installed by Task.init
+    monkeypatch.setattr(hook, "exit_code", hook.exit_code)  # restored after the test
+    with pytest.raises(SystemExit):
+        sys.exit(3)
+    backend.write([Metric("loss", float(i), i, 1_700_000_000.0 + i) for i in range(500)])
+    backend.close("FINISHED")
+    assert len(writes) > 1, "ClearML wrote everything in one batch: the race was not set up"
+    assert clearml_series(location.uri)[0]["loss"] == [(i, float(i)) for i in range(500)]

@@ -181,6 +181,10 @@ def test_a_backend_that_raises_on_close_is_reported_and_costs_the_others_nothing
     assert report.done and report.status == "FINISHED"
     failing = report.backends["FailingClose"]
     assert failing.sent == 100 and "close failed: RuntimeError: server said 500 on close" in failing.error
+    # a backend that did not confirm it holds the run (ClearML and W&B write on close) is not complete
+    assert not failing.complete and report.backends["Recording"].complete
+    (line,) = [line for line in report.lines() if line.startswith("FailingClose")]
+    assert "INCOMPLETE" in line and "close failed: RuntimeError" in line
     assert report.backends["Recording"].sent == 100
     assert sum("failed to close" in r.getMessage() for r in caplog.records) == 1
 

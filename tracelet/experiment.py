@@ -157,6 +157,8 @@ def _summary_line(stats: BackendStats, all_done: bool) -> str:
         text += " (" + ", ".join(f"{reason}: {n}" for reason, n in sorted(stats.reasons.items())) + ")"
     if stats.state == "failed":
         text += f" - disabled: {stats.error}"
+    elif stats.state == "unclosed":
+        text += f" - {stats.error}"
     elif stats.state == "lost":
         text += " - tracelet's writer process exited"
     elif stats.state not in ("closed",) and not all_done:

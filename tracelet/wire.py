@@ -62,7 +62,7 @@ class BackendStats:
     """
 
     name: str
-    state: str = "starting"  # starting, open, failed, closed
+    state: str = "starting"  # starting, open, failed, closed; unclosed: its close raised; lost
     sent: int = 0
     dropped: int = 0
     failed: int = 0

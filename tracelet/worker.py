@@ -71,7 +71,7 @@ class BackendWorker:
         """Queue ``events`` for writing; never blocks. Overflow is dropped and counted."""
         with self._cond:
             stats = self.stats
-            if stats.state in ("failed", "closed"):
+            if stats.state in ("failed", "closed", "unclosed"):
                 self._drop_unwritable(events)
                 ends = [e for e in events if isinstance(e, RunEnd)]
                 if ends and stats.state == "failed":
@@ -154,7 +154,8 @@ class BackendWorker:
                     return
         finally:
             with self._cond:
-                self.stats.state = "closed" if self.stats.state != "failed" else "failed"
+                if self.stats.state not in ("failed", "unclosed"):
+                    self.stats.state = "closed"
                 self._finished.set()
                 for item in self._items:
                     if isinstance(item, _Marker):
@@ -324,7 +325,8 @@ class BackendWorker:
             return
         try:
             backend.close(status)
-        except Exception as err:  # the data is written; a failed close is reported, not raised
+        except Exception as err:  # reported, not raised; the backend did not confirm it holds the run
             log.warning("backend %r failed to close its run (%s: %s)", self.name, type(err).__name__, err)
             with self._cond:
+                self.stats.state = "unclosed"
                 self.stats.error = f"close failed: {type(err).__name__}: {err}"

@@ -180,10 +180,25 @@ class ClearMLBackend:
     def close(self, status: str) -> None:
         from clearml import Task
 
-        self._logger.flush(wait=True)  # every scalar reported before the task closes, also on a busy machine
+        self._flush_scalars()
         if Task.is_offline():
             self._task.add_tags([f"status:{status.lower()}"])  # offline sessions keep no status
         # close() marks the task completed; not mark_completed(), which ends the calling process
         self._task.close()
         if status != "FINISHED":
             self._task.mark_failed(status_reason=f"tracelet: run {status.lower()}", force=True)
+
+    def _flush_scalars(self) -> None:
+        """Return once ClearML's report thread has written every scalar reported so far.
+
+        ``Logger.flush(wait=True)`` may return while the thread still holds scalars (it says
+        "empty" after the batch it was writing, with the next one queued), and ``Task.close()``
+        stops waiting for them once ClearML's process-wide exit hook has seen ``sys.exit``
+        (non-zero) or an uncaught exception from anything in the process.
+        """
+        reporter = self._task._reporter
+        self._logger.flush(wait=True)
+        while reporter.events_waiting() and reporter.is_alive():
+            self._logger.flush(wait=True)
+        if reporter.events_waiting():
+            raise RuntimeError("ClearML's report thread stopped with scalars not yet written")
