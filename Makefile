@@ -1,7 +1,7 @@
 # Override for another CUDA/CPU build: make install TORCH_VERSION=2.14.1
 TORCH_VERSION ?= 2.13.0
 PYTHON ?= python3
-# pytest workers for make test (each takes a whole test file: session fixtures start once per worker)
+# pytest workers for make test (each takes a whole test file, longest first: tests/conftest.py)
 TEST_WORKERS ?= 2
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -23,7 +23,7 @@ demo: install
 	$(PY) examples/quickstart.py
 
 test: install
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 lint: install
 	$(VENV)/bin/ruff check tracelet tests benchmarks examples noxfile.py

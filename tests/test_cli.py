@@ -129,6 +129,9 @@ def _closed_port() -> int:
         return probe.getsockname()[1]
 
 
+STALL_S = 60  # MLflow's client retries a refused connection 7 times with backoff: ~4 minutes
+
+
 def test_a_tracking_server_that_is_down_costs_nothing_and_the_journal_replays_the_run(tmp_path, store_at):
     (tmp_path / "plain").mkdir()
     (tmp_path / "down").mkdir()
@@ -147,9 +150,11 @@ def test_a_tracking_server_that_is_down_costs_nothing_and_the_journal_replays_th
     )
     tracked_wall = time.monotonic() - started
     assert out.returncode == 0, out.stderr[-3000:]
-    # no multi-minute HTTP retry stall: the fit itself takes about the same time
-    assert float(_printed(out, "FIT_SECONDS")) < 2 * float(_printed(plain, "FIT_SECONDS")) + 1.0
-    assert tracked_wall < plain_wall + 15
+    # no stall on the dead server (MLflow's own HTTP retries back off for minutes): neither the fit
+    # nor the program's end waits on it. The bound is a stall's, far above a busy machine's noise;
+    # what tracking costs is measured in benchmarks/.
+    assert float(_printed(out, "FIT_SECONDS")) < float(_printed(plain, "FIT_SECONDS")) + STALL_S
+    assert tracked_wall < plain_wall + STALL_S
     warnings = [line for line in out.stderr.splitlines() if "backend 'mlflow' disabled" in line]
     assert len(warnings) == 1 and "tracelet replay" in warnings[0]
     # what failed and where, in words; urllib3's pool reprs only at DEBUG
