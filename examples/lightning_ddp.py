@@ -4,7 +4,7 @@ Lightning starts the second process itself by re-running this script; tracelet r
 run, from global rank 0, with the values Lightning reduced (``sync_dist=True``).
 
     python examples/lightning_ddp.py
-    mlflow ui --backend-store-uri sqlite:///mlflow.db
+    mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1
 
 DDP_EXAMPLE_EPOCHS sets the length (the test suite uses 1).
 """

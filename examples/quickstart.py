@@ -3,8 +3,8 @@
 Every ``self.log`` below reaches a local MLflow store (./mlflow.db) with the same keys,
 steps and values Lightning's own loggers would record -- even with ``logger=False``.
 
-    .venv/bin/python examples/quickstart.py                    # or: make demo
-    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db  # then open http://127.0.0.1:5000
+    .venv/bin/python examples/quickstart.py                                  # or: make demo
+    .venv/bin/mlflow ui --backend-store-uri sqlite:///mlflow.db --workers 1  # then open http://127.0.0.1:5000
 
 Set QUICKSTART_EPOCHS to change the length of the run (the test suite uses 1).
 """

@@ -57,7 +57,7 @@ def test_mlflow_tracking_uri_is_honoured(tmp_path, monkeypatch, store_at):
     assert mlflow_series(run_id, uri) == {"x": [(1, 2.0)]}
     location = exp.locations["mlflow"]
     program, *command = location.view.split()
-    assert command == ["ui", "--backend-store-uri", uri]
+    assert command == ["ui", "--backend-store-uri", uri, "--workers", "1"]
     assert shutil.which(program)  # a path to the mlflow beside this Python, which a fresh shell finds
     assert (
         location.url
