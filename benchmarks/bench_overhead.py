@@ -44,20 +44,24 @@ CONFIGS = {
     "tracelet-mlflow": "logger=False + tracelet.start_logging() -> MLflow on a local SQLite store",
     "tracelet-mlflow-warm": "the same, waiting for the backends to open before the fit (steady state)",
     "tracelet-3": "logger=False + tracelet -> MLflow + W&B + ClearML (offline), system metrics every 1 s",
+    "tracelet-3-warm": "the same, waiting for the backends to open before the fit (only with --configs)",
     "MLFlowLogger-server": "Lightning's MLFlowLogger against the team's MLflow server (PostgreSQL)",
     "tracelet-server": "logger=False + tracelet.start_logging() -> the team's MLflow server (PostgreSQL)",
 }
 SERVER_CONFIGS = ["logger=False", "MLFlowLogger-server", "tracelet-server"]
+ONLY_WHEN_NAMED = {"tracelet-3-warm"}  # a diagnosis of tracelet-3, not a configuration to compare
 TRACELET_BACKENDS = {
     "tracelet-mlflow": ["mlflow"],
     "tracelet-mlflow-warm": ["mlflow"],
     "tracelet-3": ["mlflow", "wandb", "clearml"],
+    "tracelet-3-warm": ["mlflow", "wandb", "clearml"],
     "tracelet-server": ["mlflow"],
 }
 TRACELET_CONFIG = {
     "tracelet-mlflow": {},
     "tracelet-mlflow-warm": {},
     "tracelet-3": {"metrics_interval": 1},
+    "tracelet-3-warm": {"metrics_interval": 1},
     "tracelet-server": {},
 }
 SERVER_URL = "TRACELET_BENCH_SERVER"  # the measurement processes find the team server here
@@ -289,7 +293,11 @@ def main() -> None:
     byte_compile_tracelet()
     if args.loader_workers:
         os.environ[LOADER_ENV] = f"{args.loader_workers},{args.item_cost_us}"
-    default = SERVER_CONFIGS if args.server else [c for c in CONFIGS if c not in SERVER_CONFIGS[1:]]
+    default = (
+        SERVER_CONFIGS
+        if args.server
+        else [c for c in CONFIGS if c not in SERVER_CONFIGS[1:] and c not in ONLY_WHEN_NAMED]
+    )
     if args.busy or args.loader_workers:
         default = BUSY_DEFAULT
     chosen = ["logger=False", *(c for c in args.configs or default if c != "logger=False")]
