@@ -13,6 +13,11 @@ printed with a bootstrap interval.
     python benchmarks/bench_overhead.py --server        # against a team's MLflow server
     python benchmarks/bench_overhead.py --busy 2 --steps 3000 --rounds 3    # every core busy
     python benchmarks/bench_overhead.py --busy 0 --loader-workers 2         # DataLoader workers on every core
+    python benchmarks/bench_overhead.py --busy 2 --before ../old-checkout   # old and new code in one run
+
+``--before PATH`` measures each tracelet configuration a second time (``NAME@before``) with the
+``tracelet`` package of another checkout (e.g. ``git worktree add ../old-checkout REV``) first on
+``PYTHONPATH``, so a change's before/after figures come from the same minutes of the machine.
 
 ``--server`` starts the test suite's team server (PostgreSQL + ``mlflow server`` with proxied
 artifacts on 127.0.0.1, ``tests/team_server.py``), compares tracelet and Lightning's
@@ -66,6 +71,7 @@ TRACELET_CONFIG = {
 }
 SERVER_URL = "TRACELET_BENCH_SERVER"  # the measurement processes find the team server here
 LOADER_ENV = "TRACELET_BENCH_LOADER"  # "<workers>,<CPU microseconds per sample>" for the measurement
+BEFORE_SUFFIX = "@before"  # a tracelet configuration measured with the --before checkout's package
 BUSY_DEFAULT = ["logger=False", "CSVLogger", "WandbLogger", "tracelet-mlflow", "tracelet-3"]
 
 
@@ -181,6 +187,7 @@ def _job(config: str, steps: int, workdir: str) -> dict:
         result["dropped"] = sum(stats.dropped + stats.failed for stats in report.backends.values())
         result["peak_queue"] = max(stats.high_water for stats in report.backends.values())
         result["done"] = report.done
+        result["tracelet"] = os.path.dirname(os.path.dirname(os.path.abspath(tracelet.__file__)))
     result["thread_cpu"] = thread_cpu[0]
     return result
 
@@ -207,15 +214,20 @@ def _busy_loops(count: int):
             loop.wait()
 
 
-def _measure(config: str, steps: int, workdir: str) -> dict:
+def _measure(name: str, steps: int, workdir: str, before: str | None) -> dict:
+    config = name.removesuffix(BEFORE_SUFFIX)
+    env = dict(os.environ)
+    if config != name:  # the other checkout's tracelet comes first on the path
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (before, env.get("PYTHONPATH")) if p)
     out = subprocess.run(
         [sys.executable, __file__, "--one", config, "--steps", str(steps), "--workdir", workdir],
         capture_output=True,
         text=True,
         check=False,
+        env=env,
     )
     if out.returncode != 0:
-        raise RuntimeError(f"{config} failed:\n{out.stderr[-3000:]}")
+        raise RuntimeError(f"{name} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -283,6 +295,11 @@ def main() -> None:
         help="DataLoader workers whose samples cost --item-cost-us of CPU each (0: no workers)",
     )
     parser.add_argument("--item-cost-us", type=int, default=1200, help="CPU microseconds per sample")
+    parser.add_argument(
+        "--before",
+        metavar="PATH",
+        help="a checkout whose tracelet package each tracelet configuration is also measured with",
+    )
     parser.add_argument("--one", choices=list(CONFIGS), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -301,6 +318,9 @@ def main() -> None:
     if args.busy or args.loader_workers:
         default = BUSY_DEFAULT
     chosen = ["logger=False", *(c for c in args.configs or default if c != "logger=False")]
+    if args.before:
+        args.before = os.path.abspath(args.before)
+        chosen += [c + BEFORE_SUFFIX for c in chosen if c in TRACELET_BACKENDS]
     samples: dict[str, list[dict]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as root, contextlib.ExitStack() as stack:
         if args.server or any(c in SERVER_CONFIGS[1:] for c in chosen):
@@ -310,7 +330,7 @@ def main() -> None:
             server = stack.enter_context(TeamServer(os.path.join(root, "team-server"), workers=4))
             os.environ[SERVER_URL] = server.url
             print(f"team server up at {server.url} (PostgreSQL)", file=sys.stderr)
-        for name in CONFIGS:
+        for name in chosen:
             os.makedirs(os.path.join(root, name))
         stack.enter_context(_busy_loops(args.busy))
         for round_index in range(args.rounds):
@@ -318,7 +338,7 @@ def main() -> None:
             random.Random(round_index).shuffle(order)
             for name in order:
                 workdir = os.path.join(root, name)
-                samples[name].append(_measure(name, args.steps, workdir))
+                samples[name].append(_measure(name, args.steps, workdir, args.before))
             print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
         _report(args, chosen, samples)
         if args.server:
@@ -335,19 +355,21 @@ def _report(args: argparse.Namespace, chosen: list[str], samples: dict[str, list
         f"median of {args.rounds} interleaved rounds"
     )
     cpu_baseline = statistics.median(s["thread_cpu"] for s in samples["logger=False"])
-    print(f"{'configuration':<18} {'fit median (s)':>15} {'ratio':>7} {'thread CPU':>11}   runs (s)")
+    width = max(18, *(len(name) for name in chosen))
+    print(f"{'configuration':<{width}} {'fit median (s)':>15} {'ratio':>7} {'thread CPU':>11}   runs (s)")
     for name in chosen:
         fits = [s["fit"] for s in samples[name]]
         median = statistics.median(fits)
         runs = " ".join(f"{f:.2f}" for f in fits)
         cpu = statistics.median(s["thread_cpu"] for s in samples[name]) / cpu_baseline
-        print(f"{name:<18} {median:>15.3f} {median / baseline:>6.2f}x {cpu:>10.2f}x   {runs}")
-    print_pairs(samples, 18)
-    for name in (n for n in TRACELET_BACKENDS if n in samples):
+        print(f"{name:<{width}} {median:>15.3f} {median / baseline:>6.2f}x {cpu:>10.2f}x   {runs}")
+    print_pairs(samples, width)
+    for name in (n for n in chosen if n.removesuffix(BEFORE_SUFFIX) in TRACELET_BACKENDS):
         runs = samples[name]
+        print(f"\n{name}: tracelet from {sorted({s['tracelet'] for s in runs})}", end="")
         lifecycle = [s["start"] + s["stop"] for s in runs]
         print(
-            f"\n{name}: start_logging median {statistics.median(s['start'] for s in runs):.3f}s, "
+            f"\n  start_logging median {statistics.median(s['start'] for s in runs):.3f}s, "
             f"stop_logging median {statistics.median(s['stop'] for s in runs):.3f}s, together median "
             f"{statistics.median(lifecycle):.3f}s (max {max(lifecycle):.3f}s); all flushed in time: "
             f"{all(s['done'] for s in runs)}"
