@@ -29,7 +29,17 @@ def test_overhead_benchmark_runs_in_smoke_mode():
     out = _bench("bench_overhead.py", "--steps", "30", "--rounds", "1")
     assert "tracelet-3" in out.stdout and "tracelet-mlflow-warm" in out.stdout
     assert out.stdout.count("dropped or failed in all runs: 0") == 3  # one line per tracelet configuration
-    assert "tracelet-3         median " in out.stdout  # the pair ratio line
+    assert re.search(r"^tracelet-3 +median [0-9.]+x \(90% interval", out.stdout, re.M)  # the pair ratio line
+
+
+def test_overhead_benchmark_measures_another_checkouts_tracelet_in_the_same_rounds(tmp_path):
+    before = tmp_path / "before"
+    shutil.copytree(BENCHMARKS.parent / "tracelet", before / "tracelet")
+    args = ["--steps", "30", "--rounds", "1", "--configs", "tracelet-mlflow", "--before", str(before)]
+    out = _bench("bench_overhead.py", *args)
+    assert re.search(r"^tracelet-mlflow@before +median ", out.stdout, re.M)
+    assert f"tracelet-mlflow@before: tracelet from [{str(before)!r}]" in out.stdout
+    assert f"tracelet-mlflow: tracelet from [{str(BENCHMARKS.parent)!r}]" in out.stdout
 
 
 @pytest.mark.parametrize(
