@@ -298,6 +298,7 @@ def main() -> None:
     parser.add_argument(
         "--before",
         metavar="PATH",
+        type=os.path.abspath,  # the measurement processes run in their own directories
         help="a checkout whose tracelet package each tracelet configuration is also measured with",
     )
     parser.add_argument("--one", choices=list(CONFIGS), help=argparse.SUPPRESS)
@@ -319,7 +320,6 @@ def main() -> None:
         default = BUSY_DEFAULT
     chosen = ["logger=False", *(c for c in args.configs or default if c != "logger=False")]
     if args.before:
-        args.before = os.path.abspath(args.before)
         chosen += [c + BEFORE_SUFFIX for c in chosen if c in TRACELET_BACKENDS]
     samples: dict[str, list[dict]] = {name: [] for name in chosen}
     with tempfile.TemporaryDirectory() as root, contextlib.ExitStack() as stack:
@@ -366,10 +366,10 @@ def _report(args: argparse.Namespace, chosen: list[str], samples: dict[str, list
     print_pairs(samples, width)
     for name in (n for n in chosen if n.removesuffix(BEFORE_SUFFIX) in TRACELET_BACKENDS):
         runs = samples[name]
-        print(f"\n{name}: tracelet from {sorted({s['tracelet'] for s in runs})}", end="")
+        print(f"\n{name}: tracelet from {sorted({s['tracelet'] for s in runs})}")
         lifecycle = [s["start"] + s["stop"] for s in runs]
         print(
-            f"\n  start_logging median {statistics.median(s['start'] for s in runs):.3f}s, "
+            f"  start_logging median {statistics.median(s['start'] for s in runs):.3f}s, "
             f"stop_logging median {statistics.median(s['stop'] for s in runs):.3f}s, together median "
             f"{statistics.median(lifecycle):.3f}s (max {max(lifecycle):.3f}s); all flushed in time: "
             f"{all(s['done'] for s in runs)}"
