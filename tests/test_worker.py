@@ -107,6 +107,92 @@ def test_a_write_interrupted_part_way_is_retried_from_where_it_stopped():
     assert [m.step for m in backend.written] == list(range(2_500))
 
 
+class Recording(Flaky):
+    """Records the size of every write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[int] = []
+
+    def write(self, batch):
+        self.writes.append(len(batch))
+        super().write(batch)
+
+
+class Immediate(Recording):
+    write_every_s = 0.0  # as the journal declares: written as events arrive
+
+
+GATHER_S = 60.0  # far past every wait below: a write sooner means the gathering was ended
+
+
+def _gathering(backend: Flaky, capacity: int = 100_000) -> BackendWorker:
+    worker = BackendWorker("gathering", lambda: backend, RUN, capacity, write_every_s=GATHER_S)
+    worker.start()
+    return worker
+
+
+def _points(first: int, count: int) -> list[Metric]:
+    return [Metric("loss", float(i), i, 0.0) for i in range(first, first + count)]
+
+
+def _until(condition, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.01)
+
+
+def test_a_live_run_is_written_in_few_large_writes_that_a_flush_or_the_end_releases():
+    backend = Recording()
+    worker = _gathering(backend)
+    worker.submit(_points(0, 10))
+    _until(lambda: backend.writes == [10])  # the first write goes at once: the run shows up
+    for first in range(10, 60, 10):
+        worker.submit(_points(first, 10))
+    time.sleep(0.5)
+    assert backend.writes == [10], "what arrives within the interval is gathered"
+    assert worker.flush_marker().wait(30), "a flush does not wait out the interval"
+    assert backend.writes == [10, 50]
+    worker.submit(_points(60, 10))
+    worker.submit([RunEnd("FINISHED")])
+    assert worker.finished.wait(30), "nor does the end of the run"
+    assert backend.writes == [10, 50, 10] and backend.closed == "FINISHED"
+    assert [m.step for m in backend.written] == list(range(70))
+    assert worker.snapshot().sent == 70
+
+
+def test_a_queue_half_full_is_written_without_waiting_out_the_interval():
+    backend = Recording()
+    worker = _gathering(backend, capacity=100)
+    worker.submit(_points(0, 10))
+    _until(lambda: backend.writes == [10])
+    worker.submit(_points(10, 60))
+    _until(lambda: backend.writes == [10, 60])
+    assert worker.snapshot().dropped == 0
+
+
+def test_a_backend_that_declares_no_interval_is_written_as_events_arrive():
+    backend = Immediate()
+    worker = _gathering(backend)
+    for first in range(0, 30, 10):
+        worker.submit(_points(first, 10))
+        _until(lambda first=first: sum(backend.writes) == first + 10)
+
+
+def test_the_journal_is_written_as_events_arrive(tmp_path):
+    from tracelet.backends.journal import JournalBackend
+
+    run = RunInfo("uid", "p", "n", None, None, time.time(), {"journal_dir": str(tmp_path)})
+    worker = BackendWorker("journal", JournalBackend, run, 100_000, write_every_s=GATHER_S)
+    worker.start()
+    for first in range(0, 30, 10):
+        worker.submit(_points(first, 10))
+        _until(lambda first=first: worker.snapshot().sent == first + 10)
+    worker.submit([RunEnd("FINISHED")])
+    assert worker.finished.wait(30)
+
+
 def _fail_once_at_call(owner, attribute: str, call: int) -> list[int]:
     """Make ``owner.attribute`` raise ConnectionError on its ``call``-th call, once."""
     original = getattr(owner, attribute)
