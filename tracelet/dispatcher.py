@@ -19,7 +19,7 @@ from tracelet import _log, journal
 from tracelet.backends import base
 from tracelet.events import Artifact, Event, Metrics, RunEnd
 from tracelet.wire import BackendStats, Control, Init, Ledger, Reply
-from tracelet.worker import WRITE_EVERY_S, BackendWorker
+from tracelet.worker import BackendWorker
 
 if TYPE_CHECKING:
     from tracelet.collectors.context import RunContext
@@ -112,7 +112,6 @@ class Dispatcher:
                 init.capacity,
                 on_opened=self._on_opened,
                 journal=lambda: journal.whole_journal(w.snapshot() for w in self._workers),
-                write_every_s=WRITE_EVERY_S,
             )
             self._workers.append(worker)
             worker.submit(first_events)

@@ -5,13 +5,6 @@ seconds), writes events in batches in the order they were submitted, and closes 
 backend when it reaches the ``RunEnd`` event. ``submit`` never blocks: events beyond the
 queue's capacity are dropped and counted. A backend that fails to open is disabled with one
 warning and everything sent to it afterwards is counted as dropped, with the reason.
-
-While the run is live a worker may gather what arrives for ``write_every_s`` before writing
-it: every write wakes the backend's SDK (W&B's service, ClearML's reporter thread, a store
-transaction), and on a machine whose cores are all busy a few large writes cost training less
-than many small ones (docs/overhead.md, "Every core busy"). A flush, the run's end or a
-queue half full ends the wait at once, so nothing waits on it but the backend's view of
-the live run.
 """
 
 from __future__ import annotations
@@ -32,9 +25,6 @@ from tracelet.wire import BackendStats
 log = _log.get_logger(__name__)
 
 MAX_BATCH = 1000
-# How long the dispatcher's workers gather events between writes while the run is live; a
-# backend's own ``write_every_s`` attribute overrides it (the journal's is 0).
-WRITE_EVERY_S = 3.0
 RETRY_DELAYS_S = (1.0, 2.0, 4.0)  # before each retry of a failed open or write; none once the run ends
 
 
@@ -56,7 +46,6 @@ class BackendWorker:
         on_opened: Callable[[BackendStats], None] | None = None,
         retry_delays: Sequence[float] = RETRY_DELAYS_S,
         journal: Callable[[], str | None] | None = None,
-        write_every_s: float = 0.0,
     ) -> None:
         self.name = name
         self.stats = BackendStats(name)
@@ -67,8 +56,6 @@ class BackendWorker:
         self._on_opened = on_opened
         self._retry_delays = tuple(retry_delays)
         self._journal = journal  # where this run's journal is, for the advice when this backend fails
-        self._write_every_s = write_every_s
-        self._next_write = 0.0  # monotonic time before which a live run's events are gathered
         self._end_submitted = False  # the RunEnd is queued: stop retrying, close
         self._unwritable = ("backend failed to open", False)  # reason, and whether it counts as failed
         self._items: collections.deque[Any] = collections.deque()
@@ -197,7 +184,6 @@ class BackendWorker:
                 )
                 self._announce_opened()
                 return None
-        self._write_every_s = getattr(backend, "write_every_s", self._write_every_s)
         with self._cond:
             self.stats.state = "open"
             self.stats.location = location
@@ -255,7 +241,6 @@ class BackendWorker:
         with self._cond:
             while not self._items:
                 self._cond.wait()
-            self._gather()
             while self._items and len(batch) < self._max_batch:
                 item = self._items[0]
                 if isinstance(item, _Marker):
@@ -270,20 +255,10 @@ class BackendWorker:
                     batch.extend(item)
                     self._items.popleft()
             self.stats.pending -= len(batch)
-            if not self._items:
-                self._next_write = time.monotonic() + self._write_every_s
         end = next((e for e in batch if isinstance(e, RunEnd)), None)
         if end is not None:
             batch = [e for e in batch if not isinstance(e, RunEnd)]
         return batch, markers, end
-
-    def _gather(self) -> None:
-        """Under the lock: wait until the next write is due, unless something waits on it."""
-        while not self._end_submitted and self.stats.pending < self._capacity // 2:
-            remaining = self._next_write - time.monotonic()
-            if remaining <= 0 or any(isinstance(item, _Marker) for item in self._items):
-                return
-            self._cond.wait(remaining)
 
     def _write(self, backend: Backend | None, batch: list[Event]) -> Backend | None:
         """Write one batch, retrying with backoff; returns None once the backend is given up on."""

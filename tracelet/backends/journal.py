@@ -28,8 +28,6 @@ SYNC_INTERVAL_S = 1.0
 class JournalBackend:
     """The ``journal`` backend."""
 
-    write_every_s = 0.0  # written as events arrive: the journal is at most about a second behind
-
     def __init__(self) -> None:
         self._dir = ""
         self._fd: int | None = None
