@@ -11,6 +11,11 @@ as wall time does; each repeat is a fresh run in a fresh store, the median is pr
     python benchmarks/bench_writer.py                    # journal, mlflow, journal+mlflow
     python benchmarks/bench_writer.py --steps 400 --repeats 1   # a smoke run
     python benchmarks/bench_writer.py --sets wandb clearml      # the offline SDKs
+    python benchmarks/bench_writer.py --sets wandb --profile 25 # where W&B's CPU goes
+
+``--profile N`` first runs each set once more under a sampler (``cpu_sampler.py``) and prints
+the CPU of each thread and the N functions that took most, while the backends open (the first
+set that uses an SDK imports it then), while they write, and while they close.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import tempfile
 import threading
 import time
 import uuid
+
+from cpu_sampler import CpuSampler
 
 from tracelet.bus import CHUNK as FRAME  # groups per frame, as the bus ships them
 from tracelet.wire import decode_events, encode_events
@@ -47,7 +54,7 @@ def _frames(steps: int) -> list[bytes]:
     return [encode_events(groups[i : i + FRAME]) for i in range(0, steps, FRAME)]
 
 
-def _one_run(backends: list[str], frames: list[bytes]) -> float:
+def _one_run(backends: list[str], frames: list[bytes], sampler: CpuSampler | None = None) -> float:
     """CPU seconds of this process (all threads) and its children (W&B's service) from the first
     frame until every backend wrote it all."""
     from tracelet.backends.base import BackendSpec, RunInfo
@@ -74,14 +81,19 @@ def _one_run(backends: list[str], frames: list[bytes]) -> float:
     settings = {"track_git": False, "track_env": False, "journal_dir": "journal"}
     run = RunInfo(uuid.uuid4().hex, "bench", "writer", None, None, time.time(), settings)
     specs = [BackendSpec(name, TARGETS[name]) for name in backends]
+    mark = sampler.mark if sampler else lambda phase: None
+    mark("opening")
     dispatcher.handle([Control("init", 0, 0.0, Init(run, specs, 10_000_000))])
     wait_for("flush", 1, [])  # opened: MLflow's import and store creation are not counted
+    mark("writing")
     cpu = _cpu()
     for frame in frames:
         dispatcher.handle(decode_events(frame))
     wait_for("flush", 2, [])
     cpu = _cpu() - cpu
+    mark("closing")
     wait_for("shutdown", 3, [RunEnd("FINISHED")])
+    mark("closed")
     return cpu
 
 
@@ -97,6 +109,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4000, help="logging steps (4 points each)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sets", nargs="+", default=["journal", "mlflow", "journal,mlflow"])
+    parser.add_argument("--profile", type=int, metavar="N", help="where the CPU goes: the top N functions")
     args = parser.parse_args()
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.update(WANDB_MODE="offline", WANDB_SILENT="true", CLEARML_OFFLINE_MODE="1")
@@ -107,6 +120,11 @@ def main() -> None:
     )
     for backend_set in args.sets:
         names = backend_set.split(",")
+        if args.profile:
+            with CpuSampler() as sampler:
+                _one_run(names, frames, sampler)
+            print(f"{'+'.join(names)}: CPU under a sampler (one more run, not timed)")
+            print(sampler.report(args.profile))
         runs = [_one_run(names, frames) / points * 1e6 for _ in range(args.repeats)]
         print(
             f"{'+'.join(names):<16} {statistics.median(runs):6.1f} us/point   runs: "

@@ -66,6 +66,19 @@ def test_other_benchmarks_run_in_smoke_mode(script, args, expect):
     assert expect in _bench(script, *args).stdout
 
 
+def test_the_writer_benchmark_shows_where_the_cpu_goes():
+    # 80,000 points: enough of the journal's ~3 us each for a sampler reading every 2 ms
+    out = _bench(
+        "bench_writer.py", "--steps", "20000", "--repeats", "1", "--sets", "journal", "--profile", "8"
+    )
+    report = out.stdout.split("journal: CPU under a sampler", 1)[1]
+    opening, writing = report.split("  writing: ", 1)
+    assert re.search(r"^  opening: [\d.]+ s of CPU", opening, re.M), out.stdout
+    # the journal's worker writes the points: its thread and its write are charged to writing
+    assert re.search(r"tracelet-journal [\d.]+", writing), out.stdout
+    assert re.search(r"^ +[\d.]+ s  journal\.py:write$", writing, re.M), out.stdout
+
+
 @pytest.mark.skipif(shutil.which("callgrind_control") is None, reason="valgrind (callgrind) is not installed")
 def test_instruction_benchmark_counts_a_tracked_and_an_untracked_step():
     out = _bench("bench_instructions.py", "--steps", "10", "--cache")
