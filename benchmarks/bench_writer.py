@@ -93,7 +93,6 @@ def _one_run(backends: list[str], frames: list[bytes], sampler: CpuSampler | Non
     cpu = _cpu() - cpu
     mark("closing")
     wait_for("shutdown", 3, [RunEnd("FINISHED")])
-    mark("closed")
     return cpu
 
 

@@ -30,6 +30,7 @@ class CpuSampler:
         self._threads: dict[str, Counter[str]] = {self._phase: Counter()}
         self._functions: dict[str, Counter[str]] = {self._phase: Counter()}
         self._clocks: dict[int, float] = {}
+        self._lock = threading.Lock()  # a mark samples from its caller's thread, beside the sampler's
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cpu-sampler", daemon=True)
 
@@ -40,14 +41,16 @@ class CpuSampler:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+        self._sample()  # what ran since the last reading belongs to the last phase
 
     def mark(self, phase: str) -> None:
         """Charge the CPU from now on to ``phase``."""
-        self._sample()  # what ran until now belongs to the phase before
-        self._phases.append(phase)
-        self._threads[phase] = Counter()
-        self._functions[phase] = Counter()
-        self._phase = phase
+        with self._lock:
+            self._sample_locked()  # what ran until now belongs to the phase before
+            self._phases.append(phase)
+            self._threads[phase] = Counter()
+            self._functions[phase] = Counter()
+            self._phase = phase
 
     def report(self, top: int) -> str:
         lines = []
@@ -66,11 +69,14 @@ class CpuSampler:
             self._sample()
 
     def _sample(self) -> None:
-        me = threading.get_ident()
+        with self._lock:
+            self._sample_locked()
+
+    def _sample_locked(self) -> None:
         names = {thread.ident: thread.name for thread in threading.enumerate()}
         threads, functions = self._threads[self._phase], self._functions[self._phase]
         for ident, frame in sys._current_frames().items():
-            if ident == me or ident == self._thread.ident:
+            if ident == self._thread.ident:
                 continue
             try:
                 clock = time.clock_gettime(time.pthread_getcpuclockid(ident))
